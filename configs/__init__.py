@@ -1,0 +1,1 @@
+"""Python config presets (``get_config()`` returns an ``ml_collections.ConfigDict``)."""

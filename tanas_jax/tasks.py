@@ -1,0 +1,320 @@
+"""Task registry, task sets, preprocessing and deterministic splits.
+
+A task is a dataset plus a label map (source class -> task label).  Binary
+indicator tasks are *balanced* as in the authors' code: all positives and the
+first equally many negatives (in the split's order).  Multi-class tasks keep
+every example.
+
+Registered families:
+
+* LD-NAS paper-8 (``task0``..``task7``): MNIST digit 0 / digit 6 / odd-vs-even /
+  10-way, CIFAR-10 {automobile, cat, ship} / {cat, ship, truck} indicators,
+  {bird, frog, horse, other}, 10-way.
+* Slides variants: ``mnist_5class`` ({0,1,2,3,other}); CIFAR-100 tasks on
+  fine labels: vehicles 1 & 2 indicator, household devices & furniture
+  indicator, 11-class (10 vehicles + other), 21-class (vehicles, household,
+  other).
+* TA-NAS bases: ``mnist_digit{0..9}`` and ``fashion_<object>`` indicators;
+  ``quickdraw_<object>`` indicators among the 10 TA-NAS Quick, Draw! classes.
+* ``offline8`` — an offline analogue of paper-8 with the same shape per
+  dataset (two binary class-group indicators, one {3 classes + other}, one
+  10-way) on MNIST (bundled subset or full) and Fashion-MNIST.  Its class
+  groups reuse the CIFAR-10 task ids {1,3,8}, {3,8,9}, {2,6,7}.
+
+Splits are deterministic and independent of the training seed: the raw train
+split is permuted with ``split_seed`` (default 0) and its last
+``val_fraction`` is the validation split; the raw test split is the test
+split, used only for final reports, never for selection.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from tanas_jax.data import DATASETS, RawDataset, load_dataset
+from tanas_jax.errors import UserError, did_you_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    label_map: tuple[int, ...]           # source class -> task label
+    class_names: tuple[str, ...]         # task label names
+    indicator: bool                      # binary "positives vs rest" (balanced)
+    description: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+_REGISTRY: dict[str, Task] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _register(task: Task) -> None:
+    _REGISTRY[task.name] = task
+    for a in task.aliases:
+        _ALIASES[a] = task.name
+
+
+def _indicator(name, dataset, positives: Sequence[int], desc, aliases=()):
+    n = len(DATASETS[dataset].class_names)
+    lm = tuple(1 if c in positives else 0 for c in range(n))
+    _register(Task(name, dataset, lm, ("rest", "positive"), True, desc, tuple(aliases)))
+
+
+def _groups(name, dataset, classes: Sequence[int], desc, other=True, aliases=()):
+    """One task label per listed class (in order), the rest -> 'other' (last label)."""
+    n = len(DATASETS[dataset].class_names)
+    names = DATASETS[dataset].class_names
+    lm = []
+    for c in range(n):
+        lm.append(list(classes).index(c) if c in classes else len(classes))
+    cls_names = tuple(names[c] for c in classes) + (("other",) if other else ())
+    if not other and len(classes) != n:
+        raise ValueError("a task without 'other' must list every class")
+    _register(Task(name, dataset, tuple(lm), cls_names, False, desc, tuple(aliases)))
+
+
+def _all_classes(name, dataset, desc, aliases=()):
+    n = len(DATASETS[dataset].class_names)
+    _register(Task(name, dataset, tuple(range(n)), DATASETS[dataset].class_names, False, desc,
+                   tuple(aliases)))
+
+
+# --- LD-NAS paper-8 -------------------------------------------------------------------------
+_indicator("mnist_digit0", "mnist", [0], "MNIST: digit 0 vs rest", ["task0"])
+_indicator("mnist_digit6", "mnist", [6], "MNIST: digit 6 vs rest", ["task1"])
+_register(Task("mnist_odd_even", "mnist", tuple(c % 2 for c in range(10)), ("even", "odd"), False,
+               "MNIST: odd vs even digits", ("task2",)))
+_all_classes("mnist_10way", "mnist", "MNIST: 10 digits", ["task3"])
+_indicator("cifar10_auto_cat_ship", "cifar10", [1, 3, 8], "CIFAR-10: {automobile, cat, ship} vs rest",
+           ["task4"])
+_indicator("cifar10_cat_ship_truck", "cifar10", [3, 8, 9], "CIFAR-10: {cat, ship, truck} vs rest",
+           ["task5"])
+_groups("cifar10_4class", "cifar10", [2, 6, 7], "CIFAR-10: bird, frog, horse, other", aliases=["task6"])
+_all_classes("cifar10_10way", "cifar10", "CIFAR-10: 10 objects", ["task7"])
+
+# --- TA-NAS slides variants -------------------------------------------------------------------
+_groups("mnist_5class", "mnist", [0, 1, 2, 3], "MNIST: digits 0, 1, 2, 3, other")
+# CIFAR-100 fine ids: vehicles 1 (bicycle, bus, motorcycle, pickup truck, train) and
+# vehicles 2 (lawn mower, rocket, streetcar, tank, tractor); household electrical devices
+# (clock, keyboard, lamp, telephone, television) and furniture (bed, chair, couch, table, wardrobe).
+CIFAR100_VEHICLES = (8, 13, 48, 58, 90, 41, 69, 81, 85, 89)
+CIFAR100_HOUSEHOLD = (22, 39, 40, 86, 87, 5, 20, 25, 84, 94)
+_indicator("cifar100_vehicles", "cifar100", CIFAR100_VEHICLES, "CIFAR-100: vehicles 1 & 2 vs rest")
+_indicator("cifar100_household", "cifar100", CIFAR100_HOUSEHOLD,
+           "CIFAR-100: household devices & furniture vs rest")
+_groups("cifar100_11class", "cifar100", CIFAR100_VEHICLES, "CIFAR-100: 10 vehicles + other")
+_groups("cifar100_21class", "cifar100", CIFAR100_VEHICLES + CIFAR100_HOUSEHOLD,
+        "CIFAR-100: 10 vehicles, 10 household objects + other")
+
+# --- TA-NAS bases -----------------------------------------------------------------------------
+for _d in range(10):
+    if f"mnist_digit{_d}" not in _REGISTRY:
+        _indicator(f"mnist_digit{_d}", "mnist", [_d], f"MNIST: digit {_d} vs rest")
+for _i, _n in enumerate(DATASETS["fashion_mnist"].class_names):
+    _indicator(f"fashion_{_n.replace('-', '_')}", "fashion_mnist", [_i], f"Fashion-MNIST: {_n} vs rest")
+for _i, _n in enumerate(DATASETS["quickdraw10"].class_names):
+    _indicator(f"quickdraw_{_n.replace(' ', '_')}", "quickdraw10", [_i],
+               f"Quick, Draw! (10 classes): {_n} vs rest")
+_all_classes("quickdraw_10way", "quickdraw10", "Quick, Draw!: 10 objects")
+
+# --- offline8: paper-8's shape on data these machines have ----------------------------------
+_indicator("mnist_138", "mnist", [1, 3, 8], "MNIST: digits {1, 3, 8} vs rest", ["off0"])
+_indicator("mnist_389", "mnist", [3, 8, 9], "MNIST: digits {3, 8, 9} vs rest", ["off1"])
+_groups("mnist_4class", "mnist", [2, 6, 7], "MNIST: digits 2, 6, 7, other", aliases=["off2"])
+_ALIASES["off3"] = "mnist_10way"
+_indicator("fashion_138", "fashion_mnist", [1, 3, 8], "Fashion-MNIST: {trouser, dress, bag} vs rest",
+           ["off4"])
+_indicator("fashion_389", "fashion_mnist", [3, 8, 9],
+           "Fashion-MNIST: {dress, bag, ankle boot} vs rest", ["off5"])
+_groups("fashion_4class", "fashion_mnist", [2, 6, 7], "Fashion-MNIST: pullover, shirt, sneaker, other",
+        aliases=["off6"])
+_all_classes("fashion_10way", "fashion_mnist", "Fashion-MNIST: 10 objects", ["off7"])
+
+TASK_SETS: dict[str, tuple[str, ...]] = {
+    "paper8": ("mnist_digit0", "mnist_digit6", "mnist_odd_even", "mnist_10way",
+               "cifar10_auto_cat_ship", "cifar10_cat_ship_truck", "cifar10_4class", "cifar10_10way"),
+    "offline8": ("mnist_138", "mnist_389", "mnist_4class", "mnist_10way",
+                 "fashion_138", "fashion_389", "fashion_4class", "fashion_10way"),
+    "slides_mnist": ("mnist_digit0", "mnist_digit6", "mnist_5class", "mnist_10way"),
+    "slides_cifar100": ("cifar100_vehicles", "cifar100_household", "cifar100_11class", "cifar100_21class"),
+    "tanas_base": tuple(f"mnist_digit{d}" for d in range(10))
+    + tuple(f"fashion_{n.replace('-', '_')}" for n in DATASETS["fashion_mnist"].class_names),
+    "tanas_small": ("mnist_digit0", "mnist_digit3", "fashion_trouser", "fashion_bag"),
+}
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def canonical(name: str) -> str:
+    name = name.strip()
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    raise UserError(f"unknown task '{name}': {did_you_mean(name, list(_REGISTRY) + list(_ALIASES))}; "
+                    "list them with `bin/train --list-tasks`")
+
+
+def get_task(name: str) -> Task:
+    return _REGISTRY[canonical(name)]
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
+    """A task-set name, or comma-separated task names/aliases -> canonical names (ordered, unique)."""
+    if isinstance(spec, str):
+        if spec in TASK_SETS:
+            return list(TASK_SETS[spec])
+        items = [s for s in spec.split(",") if s.strip()]
+        if not items:
+            raise UserError(f"empty task list; give a task set ({', '.join(TASK_SETS)}) or task names")
+    else:
+        items = list(spec)
+    out = []
+    for item in items:
+        item = item.strip()
+        if item in TASK_SETS:
+            names = TASK_SETS[item]
+        else:
+            names = [canonical(item)]
+        for n in names:
+            if n not in out:
+                out.append(n)
+    return out
+
+
+# --- preprocessing --------------------------------------------------------------------------
+NORMALIZATIONS = ("none", "half", "cifar")
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
+
+
+def preprocess(images: np.ndarray, input_shape: tuple[int, int, int],
+               normalization: str = "none") -> np.ndarray:
+    """uint8 NHWC -> float32 NHWC in [0, 1] at ``input_shape``.
+
+    28 -> 32 pads 2 px each side (LD-NAS code); 32 -> 28 crops 2 px; grayscale is
+    repeated to 3 channels when the net wants 3; RGB -> 1 channel is the channel
+    mean.  ``normalization``: ``none`` ([0,1]), ``half`` ((x-0.5)/0.5, the LD-NAS
+    CIFAR loader), ``cifar`` (the usual CIFAR mean/std, the FTD repo).
+    """
+    h, w, c = input_shape
+    x = images.astype(np.float32) / 255.0
+    ih = x.shape[1]
+    if ih < h:
+        p = (h - ih) // 2
+        x = np.pad(x, ((0, 0), (p, h - ih - p), (p, w - x.shape[2] - p), (0, 0)))
+    elif ih > h:
+        p = (ih - h) // 2
+        x = x[:, p:p + h, p:p + w, :]
+    if x.shape[-1] == 1 and c == 3:
+        x = np.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 3 and c == 1:
+        x = x.mean(axis=-1, keepdims=True)
+    if normalization == "half":
+        x = (x - 0.5) / 0.5
+    elif normalization == "cifar":
+        if x.shape[-1] != 3:
+            raise UserError("normalization 'cifar' needs 3-channel inputs; use 'half' or 'none'")
+        x = (x - CIFAR_MEAN) / CIFAR_STD
+    elif normalization != "none":
+        raise UserError(f"unknown normalization '{normalization}': valid: {', '.join(NORMALIZATIONS)}")
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _select(task: Task, labels: np.ndarray) -> np.ndarray:
+    """Indices kept for ``task`` (balanced indicators: positives + first equally many negatives)."""
+    mapped = np.asarray(task.label_map)[labels]
+    if not task.indicator:
+        return np.arange(len(labels))
+    pos = np.flatnonzero(mapped == 1)
+    neg = np.flatnonzero(mapped == 0)[: len(pos)]
+    return np.sort(np.concatenate([pos, neg]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    task: str
+    dataset: str
+    source: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_shape: tuple[int, int, int]
+    settings: dict
+
+    @property
+    def sizes(self) -> dict:
+        return {"train": int(len(self.y_train)), "val": int(len(self.y_val)), "test": int(len(self.y_test))}
+
+    def summary(self) -> str:
+        s = self.sizes
+        return (f"task {self.task}: {self.dataset} from {self.source}; {self.num_classes} classes; "
+                f"train {s['train']}, val {s['val']}, test {s['test']} examples")
+
+    def record(self) -> dict:
+        """What a result file records about the data."""
+        return {"task": self.task, "dataset": self.dataset, "source": self.source,
+                "num_classes": self.num_classes, "sizes": self.sizes,
+                "input_shape": list(self.input_shape), **self.settings}
+
+
+def default_normalization(dataset: str) -> str:
+    return "half" if dataset.startswith("cifar") else "none"
+
+
+def load_task_data(task: str, input_shape: tuple[int, int, int], source: str = "auto", *,
+                   split_seed: int = 0, val_fraction: float = 0.1, max_train: int | None = None,
+                   max_eval: int | None = None, normalization: str | None = None,
+                   data_dir: str | None = None) -> TaskData:
+    """Task ``task``'s train/val/test arrays, preprocessed for a net with ``input_shape``.
+
+    ``max_train``/``max_eval`` cap the number of examples (after balancing; a
+    fixed prefix of the permuted split, so the cap is deterministic).
+    """
+    t = get_task(task)
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    raw: RawDataset = load_dataset(t.dataset, source, data_dir)
+    norm = normalization or default_normalization(t.dataset)
+
+    perm = np.random.default_rng(split_seed).permutation(len(raw.train_labels))
+    n_val = int(round(val_fraction * len(perm)))
+    tr_idx, va_idx = np.sort(perm[: len(perm) - n_val]), np.sort(perm[len(perm) - n_val:])
+
+    def split(images, labels, idx, cap, shuffle_seed):
+        labels_sub = labels[idx]
+        keep = idx[_select(t, labels_sub)]
+        # a fixed, label-mixing order so that caps keep the class mix
+        keep = keep[np.random.default_rng(shuffle_seed).permutation(len(keep))]
+        if cap is not None:
+            keep = keep[:cap]
+        y = np.asarray(t.label_map)[labels[keep]].astype(np.int32)
+        return preprocess(images[keep], input_shape, norm), y
+
+    x_tr, y_tr = split(raw.train_images, raw.train_labels, tr_idx, max_train, split_seed + 1)
+    x_va, y_va = split(raw.train_images, raw.train_labels, va_idx, max_eval, split_seed + 2)
+    x_te, y_te = split(raw.test_images, raw.test_labels, np.arange(len(raw.test_labels)), max_eval,
+                       split_seed + 3)
+    if len(y_tr) == 0 or len(y_va) == 0 or len(y_te) == 0:
+        raise UserError(f"task {t.name} has an empty split (train {len(y_tr)}, val {len(y_va)}, "
+                        f"test {len(y_te)}) from {raw.source}; check the data files")
+    settings = {"split_seed": split_seed, "val_fraction": val_fraction, "max_train": max_train,
+                "max_eval": max_eval, "normalization": norm, "balanced": t.indicator}
+    return TaskData(task=t.name, dataset=t.dataset, source=raw.source, num_classes=t.num_classes,
+                    class_names=t.class_names, x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va,
+                    x_test=x_te, y_test=y_te, input_shape=tuple(input_shape), settings=settings)

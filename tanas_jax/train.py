@@ -1,0 +1,192 @@
+"""epsilon-approximation training (optax Adam, as the authors) and evaluation.
+
+``train_step``/``eval_step`` are pure jitted functions; one compiled shape per
+phase (training drops the last partial batch of each shuffled epoch; eval pads
+the last batch and masks it).  Same seed -> same parameters on the same machine.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tanas_jax import models
+from tanas_jax.errors import UserError
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_steps(model, optimizer: optax.GradientTransformation):
+    """(train_step, eval_step) for a flax ``model`` with optional BatchNorm."""
+
+    def loss_fn(params, batch_stats, x, y):
+        variables = {"params": params}
+        if batch_stats is not None:
+            variables["batch_stats"] = batch_stats
+            logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+            new_stats = updates["batch_stats"]
+        else:
+            logits = model.apply(variables, x, train=True)
+            new_stats = None
+        loss = cross_entropy(logits, y).mean()
+        return loss, (logits, new_stats)
+
+    @jax.jit
+    def train_step(params, batch_stats, opt_state, x, y):
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        acc = (logits.argmax(-1) == y).mean()
+        return params, new_stats, opt_state, loss, acc
+
+    @jax.jit
+    def eval_step(variables, x, y, mask):
+        logits = model.apply(variables, x, train=False)
+        loss = cross_entropy(logits, y)
+        correct = (logits.argmax(-1) == y)
+        return (loss * mask).sum(), (correct * mask).sum()
+
+    return train_step, eval_step
+
+
+def evaluate(eval_step: Callable, variables: Any, x: np.ndarray, y: np.ndarray,
+             batch_size: int = 500) -> dict:
+    """Mean loss and accuracy over (x, y), padded batches of one shape."""
+    n = len(y)
+    if n == 0:
+        raise UserError("cannot evaluate on an empty split")
+    bs = min(batch_size, n)
+    tot_loss, tot_correct = 0.0, 0.0
+    for start in range(0, n, bs):
+        xb, yb = x[start:start + bs], y[start:start + bs]
+        m = len(yb)
+        mask = np.ones(bs, np.float32)
+        if m < bs:
+            xb = np.concatenate([xb, np.zeros((bs - m,) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.zeros(bs - m, yb.dtype)])
+            mask[m:] = 0
+        loss, correct = eval_step(variables, xb, yb, mask)
+        tot_loss += float(loss)
+        tot_correct += float(correct)
+    return {"loss": tot_loss / n, "accuracy": tot_correct / n}
+
+
+def train_network(data, net: str, cfg, seed: int, progress: bool = True,
+                  desc: str | None = None) -> tuple[dict, dict]:
+    """Train ``net`` on ``data`` (a :class:`tanas_jax.tasks.TaskData`).
+
+    ``cfg`` is the ``train`` config section (epochs, batch_size, learning_rate,
+    epsilon, eval_batch_size).  Returns (variables, metrics) where metrics has
+    train/val/test accuracy, whether test accuracy reached 1 - epsilon, the
+    wall time and the compile time of the first step.
+    """
+    from tqdm.auto import tqdm
+
+    spec = models.get_net(net)
+    if tuple(data.input_shape) != spec.input_shape:
+        raise UserError(f"data prepared for input {data.input_shape} but net {net} wants {spec.input_shape}")
+    model = models.build(net, data.num_classes)
+    variables = models.init(net, data.num_classes, jax.random.PRNGKey(seed))
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats")
+    optimizer = optax.adam(float(cfg.learning_rate))
+    opt_state = optimizer.init(params)
+    train_step, eval_step = make_steps(model, optimizer)
+
+    n = len(data.y_train)
+    bs = min(int(cfg.batch_size), n)
+    steps_per_epoch = n // bs
+    epochs = int(cfg.epochs)
+    t0 = time.perf_counter()
+    compile_s = None
+    history = []
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc or f"train {data.task} [{net} seed {seed}]",
+               disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+    for epoch in range(epochs):
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        run_loss, run_acc = 0.0, 0.0
+        for s in range(steps_per_epoch):
+            idx = perm[s * bs:(s + 1) * bs]
+            ts = time.perf_counter()
+            params, batch_stats, opt_state, loss, acc = train_step(
+                params, batch_stats, opt_state, data.x_train[idx], data.y_train[idx])
+            if compile_s is None:
+                jax.block_until_ready(params)
+                compile_s = time.perf_counter() - ts
+            run_loss += float(loss) if s % 10 == 0 or s == steps_per_epoch - 1 else 0.0
+            run_acc = 0.9 * run_acc + 0.1 * float(acc) if s % 10 == 0 else run_acc
+            bar.update(1)
+            if s % 10 == 0:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}", acc=f"{float(acc):.3f}")
+        if not np.isfinite(float(loss)):
+            bar.close()
+            raise UserError(f"training {net} on {data.task} diverged (loss {float(loss)}) at epoch "
+                            f"{epoch + 1}; lower train.learning_rate")
+        variables = _pack(params, batch_stats)
+        val = evaluate(eval_step, variables, data.x_val, data.y_val, int(cfg.eval_batch_size))
+        history.append({"epoch": epoch + 1, "last_loss": float(loss), "val_accuracy": val["accuracy"]})
+        bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}", val_acc=f"{val['accuracy']:.3f}")
+    bar.close()
+    variables = jax.device_get(_pack(params, batch_stats))
+    wall = time.perf_counter() - t0
+    ev = partial(evaluate, eval_step, variables, batch_size=int(cfg.eval_batch_size))
+    train_m = ev(data.x_train[: min(n, 5000)], data.y_train[: min(n, 5000)])
+    val_m = ev(data.x_val, data.y_val)
+    test_m = ev(data.x_test, data.y_test)
+    eps = float(cfg.epsilon)
+    metrics = {
+        "train_accuracy": train_m["accuracy"], "val_accuracy": val_m["accuracy"],
+        "test_accuracy": test_m["accuracy"], "test_loss": test_m["loss"],
+        "epsilon": eps, "reached_epsilon": bool(test_m["accuracy"] >= 1.0 - eps),
+        "epochs": epochs, "steps": epochs * steps_per_epoch, "batch_size": bs,
+        "wall_s": wall, "compile_s": compile_s or 0.0, "history": history,
+        "n_params": models.param_count(params),
+    }
+    return variables, metrics
+
+
+def _pack(params, batch_stats) -> dict:
+    v = {"params": params}
+    if batch_stats is not None:
+        v["batch_stats"] = batch_stats
+    return v
+
+
+def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=print,
+                   retrain: bool = False) -> tuple[dict, dict]:
+    """The banked network for (task, cfg.train.net, seed), training and banking it if missing.
+
+    ``cfg`` is the whole config (data + train sections).
+    """
+    from tanas_jax import provenance
+    from tanas_jax.tasks import canonical, load_task_data
+
+    task = canonical(task)
+    net = cfg.train.net
+    if not retrain and bank.has_network(task, net, seed):
+        variables, meta = bank.load_network(task, net, seed)
+        return variables, meta
+    spec = models.get_net(net)
+    data = load_task_data(task, spec.input_shape, cfg.data.source, split_seed=cfg.data.split_seed,
+                          val_fraction=cfg.data.val_fraction, max_train=cfg.data.max_train,
+                          max_eval=cfg.data.max_eval, normalization=cfg.data.normalization,
+                          data_dir=cfg.data.data_dir)
+    log(data.summary())
+    variables, metrics = train_network(data, net, cfg.train, seed, progress=progress)
+    meta = {"num_classes": data.num_classes, "class_names": list(data.class_names),
+            "metrics": metrics, "data": data.record(), "train_config": cfg.train.to_dict(),
+            **provenance.stamp()}
+    bank.save_network(task, net, seed, variables, meta)
+    meta = dict(meta, task=task, net=net, seed=seed)
+    status = "reached" if metrics["reached_epsilon"] else "did NOT reach"
+    log(f"{task} [{net} seed {seed}]: test accuracy {metrics['test_accuracy']:.4f} "
+        f"({status} 1-eps = {1 - metrics['epsilon']:.2f}) in {metrics['wall_s']:.1f} s")
+    return variables, meta
