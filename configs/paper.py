@@ -18,4 +18,12 @@ def get_config():
     c.train.batch_size = 64
     c.train.epsilon = 0.05
     c.bank.seeds = list(range(10))         # 10 repeats, seeds 0-9
+    # TA-NAS §4: the paper's CNN (F = 1024) and a 2048 -> 512 -> 1024 transform
+    c.transform.net = "tanas_cnn"
+    c.transform.prune_rate = 0.2
+    c.transform.refine = 2
+    c.transform.min_fraction = 0.001
+    c.transform.max_steps = 60
+    c.transform.max_train = None
+    c.transform.max_val = None
     return c

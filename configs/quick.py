@@ -33,7 +33,31 @@ def get_config():
 
     c.fisher = ml_collections.ConfigDict()
     c.distance = ml_collections.ConfigDict()
+    # TA-NAS transform-network distance (tanas_jax/distance/transform.py): MLP
+    # 2F -> F/2 -> F on the nets' F-wide penultimate features, iterative magnitude pruning
     c.transform = ml_collections.ConfigDict()
+    c.transform.net = config_dict.placeholder(str)   # None: train.net (quick: small_cnn, F = 64)
+    c.transform.hidden_scale = (2.0, 0.5)  # hidden widths / feature width (paper: 2048, 512 for 1024)
+    c.transform.hidden = ()                # explicit hidden widths, override hidden_scale
+    c.transform.output_activation = "relu" # target features are post-ReLU
+    c.transform.learning_rate = 1e-3
+    c.transform.batch_size = 128
+    c.transform.train_epochs = 20          # before pruning
+    c.transform.finetune_epochs = 2        # after each pruning step (fresh Adam state)
+    c.transform.prune_rate = 0.3           # share of remaining weights removed per step
+    c.transform.scope = "layer"            # layer | global magnitude ranking
+    c.transform.refine = 1                 # after a failed step: halve the rate, retry (times)
+    c.transform.min_fraction = 0.005       # stop pruning below this kept fraction
+    c.transform.max_steps = 40
+    c.transform.criterion = "accuracy"     # accuracy (paper) | mse
+    c.transform.tolerance = 0.02           # allowed accuracy drop vs the reference
+    c.transform.reference = "own"          # own: B's head on B's features | unpruned: unpruned N_t
+    c.transform.mse_factor = 2.0           # criterion=mse: MSE <= factor x unpruned MSE
+    c.transform.val_fraction = 0.2         # only when no separate check set is given
+    c.transform.max_train = 2000           # examples of B's train split used to fit N_t
+    c.transform.max_val = 1000             # examples of B's val split for the quality bar
+    c.transform.adapter = False            # allow nets with different feature widths
+    c.transform.feature_batch = 500
     c.fuse = ml_collections.ConfigDict()
     c.search = ml_collections.ConfigDict()
 
