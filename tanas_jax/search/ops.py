@@ -1,0 +1,236 @@
+"""Cell operations with DARTS semantics, NHWC, ``C`` channels in and out.
+
+Public API (reused by DARTS/TETLO, issue 7)::
+
+    make_op(name, C, stride, name_=None) -> flax.linen.Module   # __call__(x, train)
+    OPS (tanas_jax.search.genotype.OPS), PARAMETRIC_OPS
+
+Every op maps ``(B, H, W, C)`` to ``(B, H, W, C)`` with ``stride=1`` and to
+``(B, ceil(H/2), ceil(W/2), C)`` with ``stride=2`` (reduction cells).
+
+=================  ============================================================
+``none``           zeros (DARTS ``Zero``; stride 2 subsamples first)
+``skip_connect``   identity; stride 2: ``FactorizedReduce`` (ReLU, two 1x1
+                   stride-2 convs on x and x shifted by one pixel, concat, BN)
+``max_pool_3x3``   3x3 max pool, padding 1 (padded values never win)
+``avg_pool_3x3``   3x3 average pool, padding 1, ``count_include_pad=False``
+``sep_conv_kxk``   (ReLU, depthwise kxk stride s, 1x1, BN) then
+                   (ReLU, depthwise kxk, 1x1, BN); k = 3, 5, 7
+``dil_conv_kxk``   ReLU, depthwise kxk dilation 2 stride s, 1x1, BN; k = 3, 5
+``conv_7x1_1x7``   ReLU, conv 1x7 stride (1,s), conv 7x1 stride (s,1), BN
+=================  ============================================================
+
+BatchNorm is ``affine=False`` as in the authors' code and DARTS search
+(torch defaults: momentum 0.1, eps 1e-5); ``train=True`` uses batch statistics
+and updates ``batch_stats``, ``train=False`` uses the running averages.
+
+CPU fast paths (measured on the project's 2-core x86 CPUs, jax 0.10.2, batch
+64, 32x32x16, forward+backward; script in ``benchmarks/fuse_step.py --ops``):
+
+* 3x3 pools (stride 1 or 2) are the max / sum of the 9 shifted (strided)
+  slices of the padded input.  ``lax.reduce_window`` max: fwd 2.4 ms,
+  fwd+bwd 47 ms; slices: fwd 0.6 ms, fwd+bwd 37 ms.  Average pool: 3.9 ms vs
+  1.3 ms.  The gradient of a slice-max splits equally between exactly tied
+  maxima (``jnp.maximum``), like ``layers.max_pool_2x2``.
+* Depthwise convolutions are the weighted sum of the k*k shifted slices
+  (kernel ``(k, k, 1, C)``, the layout of a grouped ``nn.Conv``): 24 ms vs
+  59 ms for ``feature_group_count=C`` (input and kernel gradients).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tanas_jax.models.layers import Conv
+
+PARAMETRIC_OPS = ("skip_connect@stride2", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7",
+                  "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7")
+
+BatchNormNoAffine = partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, use_bias=False, use_scale=False)
+
+
+def _out_size(n: int, stride: int) -> int:
+    return -(-n // stride)
+
+
+def _shifted_slices(xp, k: int, stride: int, dilation: int, ho: int, wo: int):
+    """Yield (i, j, slice) of the padded input for each kernel tap."""
+    for i in range(k):
+        for j in range(k):
+            yield i, j, xp[:, i * dilation: i * dilation + (ho - 1) * stride + 1: stride,
+                           j * dilation: j * dilation + (wo - 1) * stride + 1: stride, :]
+
+
+def max_pool_3x3(x, stride: int = 1):
+    """3x3 max pool, padding 1, by the max of 9 shifted slices (fast on CPU)."""
+    b, h, w, c = x.shape
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    out = None
+    for _, _, s in _shifted_slices(xp, 3, stride, 1, ho, wo):
+        out = s if out is None else jnp.maximum(out, s)
+    return out
+
+
+def avg_pool_3x3(x, stride: int = 1):
+    """3x3 average pool, padding 1, padded cells not counted (DARTS)."""
+    b, h, w, c = x.shape
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    total = sum(s for _, _, s in _shifted_slices(xp, 3, stride, 1, ho, wo))
+    ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    count = sum(s for _, _, s in _shifted_slices(ones, 3, stride, 1, ho, wo))
+    return total / count
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise kxk conv ('SAME'-style padding (k-1)*d/2), no bias, by slices.
+
+    Kernel ``(k, k, 1, C)`` as a grouped ``nn.Conv`` with
+    ``feature_group_count=C`` would hold it.
+    """
+
+    kernel_size: int
+    strides: int = 1
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        k, s, d = self.kernel_size, self.strides, self.dilation
+        kern = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
+        pad = (k - 1) * d // 2
+        ho, wo = _out_size(h, s), _out_size(w, s)
+        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        out = None
+        for i, j, sl in _shifted_slices(xp, k, s, d, ho, wo):
+            t = sl * kern[i, j, 0]
+            out = t if out is None else out + t
+        return out
+
+
+class Zero(nn.Module):
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.stride > 1:
+            x = x[:, :: self.stride, :: self.stride, :]
+        return jnp.zeros_like(x)
+
+
+class Identity(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return x
+
+
+class FactorizedReduce(nn.Module):
+    """ReLU, two 1x1 stride-2 convs (on x and x shifted by 1), concat, BN."""
+
+    C: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(x)
+        a = x[:, ::2, ::2, :]
+        bshift = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))[:, ::2, ::2, :]
+        c1 = self.C // 2
+        y = jnp.concatenate([nn.Dense(c1, use_bias=False, name="conv_1")(a),
+                             nn.Dense(self.C - c1, use_bias=False, name="conv_2")(bshift)], axis=-1)
+        return BatchNormNoAffine(use_running_average=not train, name="bn")(y)
+
+
+class Pool(nn.Module):
+    kind: str  # 'max' | 'avg'
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        f = max_pool_3x3 if self.kind == "max" else avg_pool_3x3
+        return f(x, self.stride)
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> 1x1 conv -> BN (DARTS preprocessing between cells)."""
+
+    C: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = nn.Dense(self.C, use_bias=False, name="conv")(nn.relu(x))
+        return BatchNormNoAffine(use_running_average=not train, name="bn")(y)
+
+
+class DilConv(nn.Module):
+    """ReLU -> depthwise kxk (dilation d, stride s) -> 1x1 -> BN."""
+
+    C: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 2
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = DepthwiseConv(self.kernel_size, self.stride, self.dilation, name="dw")(nn.relu(x))
+        y = nn.Dense(self.C, use_bias=False, name="pw")(y)
+        return BatchNormNoAffine(use_running_average=not train, name="bn")(y)
+
+
+class SepConv(nn.Module):
+    """Two DilConv(dilation 1) blocks, the first with the stride (DARTS)."""
+
+    C: int
+    kernel_size: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = DilConv(self.C, self.kernel_size, self.stride, 1, name="block1")(x, train)
+        return DilConv(self.C, self.kernel_size, 1, 1, name="block2")(x, train)
+
+
+class Conv7x1_1x7(nn.Module):
+    """ReLU -> conv 1x7 (stride (1,s)) -> conv 7x1 (stride (s,1)) -> BN."""
+
+    C: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        s = self.stride
+        y = Conv(self.C, (1, 7), strides=(1, s), use_bias=False, name="conv_1x7")(nn.relu(x))
+        y = Conv(self.C, (7, 1), strides=(s, 1), use_bias=False, name="conv_7x1")(y)
+        return BatchNormNoAffine(use_running_average=not train, name="bn")(y)
+
+
+def make_op(op: str, C: int, stride: int = 1, name: str | None = None) -> nn.Module:
+    """The op ``op`` (canonical name, see genotype.OPS) for C channels.
+
+    ``stride`` is 1 or 2.  Returns an unbound flax module whose
+    ``__call__(x, train=False)`` maps NHWC ``C`` channels to ``C`` channels.
+    """
+    from tanas_jax.search.genotype import canonical_op
+
+    op = canonical_op(op)
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    kw = {} if name is None else {"name": name}
+    if op == "none":
+        return Zero(stride, **kw)
+    if op == "skip_connect":
+        return Identity(**kw) if stride == 1 else FactorizedReduce(C, **kw)
+    if op == "max_pool_3x3":
+        return Pool("max", stride, **kw)
+    if op == "avg_pool_3x3":
+        return Pool("avg", stride, **kw)
+    if op.startswith("sep_conv_"):
+        return SepConv(C, int(op[-1]), stride, **kw)
+    if op.startswith("dil_conv_"):
+        return DilConv(C, int(op[-1]), stride, 2, **kw)
+    if op == "conv_7x1_1x7":
+        return Conv7x1_1x7(C, stride, **kw)
+    raise AssertionError(op)  # every canonical op is handled above
