@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from tanas_jax.data import DATASETS, RawDataset, load_dataset
-from tanas_jax.errors import UserError, did_you_mean
+from tanas_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +161,12 @@ def canonical(name: str) -> str:
         return name
     if name in _ALIASES:
         return _ALIASES[name]
-    raise UserError(f"unknown task '{name}': {did_you_mean(name, list(_REGISTRY) + list(_ALIASES))}; "
-                    "list them with `bin/train --list-tasks`")
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UserError(f"unknown task '{name}': {hint}task sets: {', '.join(TASK_SETS)}; list all "
+                    f"{len(_REGISTRY)} tasks with `bin/train --list-tasks`")
 
 
 def get_task(name: str) -> Task:

@@ -151,8 +151,15 @@ def _read_tfds(source) -> tuple[np.ndarray, np.ndarray]:
     n = len(source)
     if n == 0:
         return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0,), np.int64)
+    records = None
     getitems = getattr(source, "__getitems__", None)
-    records = getitems(list(range(n))) if getitems else [source[i] for i in range(n)]
+    if getitems is not None:
+        try:  # one batched read when the backend supports it
+            records = getitems(list(range(n)))
+        except TypeError:  # tfds' mocked sources lack it
+            records = None
+    if records is None:
+        records = [source[i] for i in range(n)]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int64)
     if images.ndim == 3:

@@ -84,7 +84,10 @@ class Conv(nn.Module):
     """2-D convolution, NHWC input, HWIO kernel; ``nn.Conv``-compatible params.
 
     ``feature_group_count`` supports depthwise convolutions (DARTS sep/dil
-    convs).  Small maps use im2col (see module docstring).
+    convs).  Small maps use im2col (see module docstring).  ``padding='SAME'``
+    is PyTorch's symmetric ``padding=dilation*(k-1)//2`` for every stride (XLA's
+    'SAME' pads asymmetrically at stride 2), so stride-2 ops match the
+    authors' PyTorch cells.
     """
 
     features: int

@@ -1,0 +1,194 @@
+"""Shared command-line plumbing: config loading, common flags, errors, result files.
+
+Every entry point is ``main = cli_main(run)`` where ``run(argv)`` does the
+work.  A :class:`tanas_jax.errors.UserError` becomes one line on stderr
+(``error: ...``) and exit status 2; Ctrl-C exits 130 after the command's own
+cleanup; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import sys
+from typing import Callable
+
+from tanas_jax.errors import UserError
+
+PRESETS = ("quick", "paper")
+
+
+def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
+    def main(argv: list[str] | None = None) -> int:
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            code = run(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        return int(code or 0)
+
+    return main
+
+
+def run_as_script(main) -> None:
+    sys.exit(main())
+
+
+# --- configs -------------------------------------------------------------------------------
+def _preset_path(name: str) -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [
+        os.path.join(os.path.dirname(os.path.dirname(here)), "configs", f"{name}.py"),  # source tree
+        os.path.join(os.path.dirname(here), "configs", f"{name}.py"),                   # installed
+    ]
+    for p in candidates:
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def load_config(spec: str | None = "quick", overrides: list[str] | None = None):
+    """A preset name (``quick``, ``paper``) or a path to a Python file with ``get_config()``.
+
+    ``overrides`` are ``section.field=value`` strings (Python literals; bare
+    words are strings), applied in order.
+    """
+    spec = spec or "quick"
+    path = spec if (os.sep in spec or spec.endswith(".py")) else _preset_path(spec)
+    if path is None or not os.path.exists(path):
+        raise UserError(f"config '{spec}' not found: give a preset ({', '.join(PRESETS)}) or a path to "
+                        "a Python file defining get_config()")
+    mod_name = "_tanas_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        cfg = module.get_config()
+    except (SyntaxError, AttributeError, ImportError) as e:
+        raise UserError(f"config {path} could not be loaded ({type(e).__name__}: {e}); it must define "
+                        "get_config() returning an ml_collections.ConfigDict") from None
+    cfg.config_file = os.path.abspath(path)
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg, item: str) -> None:
+    if "=" not in item:
+        raise UserError(f"override '{item}' must look like section.field=value (e.g. train.epochs=3)")
+    key, raw = item.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    node = cfg
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        if p not in node:
+            raise UserError(f"override '{item}': no config section '{p}'; sections: "
+                            f"{', '.join(sorted(k for k in node.keys()))}")
+        node = node[p]
+    leaf = parts[-1]
+    if leaf not in node:
+        raise UserError(f"override '{item}': no field '{leaf}' in '{'.'.join(parts[:-1]) or 'config'}'; "
+                        f"fields: {', '.join(sorted(node.keys()))}")
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise UserError(f"override '{item}': {e}") from None
+
+
+# --- flags ---------------------------------------------------------------------------------
+def add_common_args(p: argparse.ArgumentParser, *, out: bool = True, bank: bool = True,
+                    seed: bool = True) -> None:
+    p.add_argument("--config", default="quick",
+                   help="preset name (quick, paper) or path to a config .py (default: quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--data-source", choices=("auto", "tfds", "files", "bundled"), default=None,
+                   help="where data comes from (default: config data.source, 'auto': tfds -> files -> "
+                        "bundled)")
+    p.add_argument("--data-dir", default=None, help="folder with downloaded data files / tfds data")
+    if bank:
+        p.add_argument("--bank", default=None, help="task bank folder (default: $TANAS_BANK or ./bank)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if out:
+        p.add_argument("--out", default=None, help="write DIR/result.json (and plots) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args):
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "data_source", None):
+        cfg.data.source = args.data_source
+    if getattr(args, "data_dir", None):
+        cfg.data.data_dir = args.data_dir
+    return cfg
+
+
+def open_bank(args):
+    from tanas_jax.bank import Bank
+
+    return Bank(args.bank)
+
+
+# --- results -------------------------------------------------------------------------------
+def write_result(out_dir: str | None, result: dict, name: str = "result.json") -> str | None:
+    """Atomically write ``result`` (+ provenance) to ``out_dir/name``; returns the path."""
+    if not out_dir:
+        return None
+    from tanas_jax import provenance
+    from tanas_jax.bank import atomic_write_json
+
+    payload = dict(result)
+    payload.setdefault("provenance", provenance.stamp())
+    path = os.path.join(out_dir, name)
+    atomic_write_json(path, payload)
+    return path
+
+
+def check_out_dir(out_dir: str | None) -> None:
+    """Fail early (before any work) when ``--out`` cannot be written."""
+    if not out_dir:
+        return
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} exists and is not a folder; choose another")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("")
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out_dir}: {e.strerror}; choose a writable folder") from None
+
+
+def print_table(rows: list[dict], columns: list[str], file=None) -> str:
+    """A plain fixed-width table (also returned as text)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    text = "\n".join(lines)
+    print(text, file=file or sys.stdout)
+    return text
+
+
+def dump_json(obj) -> str:
+    from tanas_jax.bank import _json_default
+
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default)

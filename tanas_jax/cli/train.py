@@ -1,0 +1,82 @@
+"""``bin/train``: train epsilon-approximation networks for tasks and store them in the bank."""
+from __future__ import annotations
+
+import argparse
+
+from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
+                                  print_table, run_as_script, write_result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train", description="Train epsilon-approximation networks for "
+                                "tasks (or task sets) and store them in the task bank.")
+    p.add_argument("--task", help="task name/alias, comma-separated list, or task set (e.g. offline8)")
+    p.add_argument("--net", default=None, help="network (default: config train.net); see --list-nets")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
+    p.add_argument("--epsilon", type=float, default=None, help="required test accuracy is 1 - epsilon")
+    p.add_argument("--retrain", action="store_true", help="train again even if the bank has the network")
+    p.add_argument("--list-tasks", action="store_true", help="list registered tasks and task sets")
+    p.add_argument("--list-nets", action="store_true", help="list networks")
+    add_common_args(p)
+    return p
+
+
+def run(argv) -> int:
+    from tanas_jax import models, tasks
+    from tanas_jax.errors import UserError
+    from tanas_jax.train import ensure_network
+
+    args = build_parser().parse_args(argv)
+    if args.list_tasks:
+        for name in tasks.task_names():
+            t = tasks.get_task(name)
+            alias = f" (alias {', '.join(t.aliases)})" if t.aliases else ""
+            print(f"{name:28s} {t.num_classes:3d} classes  {t.description}{alias}")
+        for s, members in tasks.TASK_SETS.items():
+            print(f"set {s}: {', '.join(members)}")
+        return 0
+    if args.list_nets:
+        for n, spec in models.NETS.items():
+            print(f"{n:12s} {spec.description}")
+        return 0
+    if not args.task:
+        raise UserError("give --task NAME (or a set such as offline8); list them with --list-tasks")
+    cfg = config_from_args(args)
+    if args.net:
+        cfg.train.net = args.net
+    models.get_net(cfg.train.net)
+    if args.epsilon is not None:
+        if not 0 < args.epsilon < 1:
+            raise UserError(f"--epsilon must be in (0, 1), got {args.epsilon}")
+        cfg.train.epsilon = args.epsilon
+    task_list = tasks.resolve_tasks(args.task)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    check_out_dir(args.out)
+    bank = open_bank(args)
+    rows = []
+    for task in task_list:
+        for seed in seeds:
+            reused = bank.has_network(task, cfg.train.net, seed) and not args.retrain
+            _, meta = ensure_network(bank, task, seed, cfg, progress=not args.no_progress,
+                                     retrain=args.retrain)
+            m = meta["metrics"]
+            rows.append({"task": task, "net": cfg.train.net, "seed": seed,
+                         "test_acc": m["test_accuracy"], "val_acc": m["val_accuracy"],
+                         "reached_1-eps": "yes" if m["reached_epsilon"] else "NO",
+                         "train_s": m["wall_s"], "source": meta["data"]["source"],
+                         "status": "reused" if reused else "trained"})
+    print()
+    print_table(rows, ["task", "net", "seed", "test_acc", "val_acc", "reached_1-eps", "train_s", "status",
+                       "source"])
+    missed = [r for r in rows if r["reached_1-eps"] == "NO"]
+    if missed:
+        print(f"note: {len(missed)} network(s) did not reach test accuracy 1 - epsilon = "
+              f"{1 - cfg.train.epsilon:.2f}; train longer (--set train.epochs=N) or relax --epsilon")
+    write_result(args.out, {"command": "train", "config": cfg.to_dict(), "bank": bank.root, "networks": rows})
+    return 0
+
+
+main = cli_main(run)
+
+if __name__ == "__main__":
+    run_as_script(main)

