@@ -122,9 +122,26 @@ def add_common_args(p: argparse.ArgumentParser, *, out: bool = True, bank: bool 
     if out:
         p.add_argument("--out", default=None, help="write DIR/result.json (and plots) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() (coordinator, process count and id "
+                        "from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or the cluster)")
+
+
+def init_distributed(args) -> None:
+    """Start JAX's multi-host runtime when ``--distributed`` is given (before any computation)."""
+    if not getattr(args, "distributed", False):
+        return
+    import jax
+
+    try:
+        jax.distributed.initialize()
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--distributed: jax.distributed.initialize() failed ({e}); set "
+                        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host") from None
 
 
 def config_from_args(args):
+    init_distributed(args)
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "data_source", None):
         cfg.data.source = args.data_source
