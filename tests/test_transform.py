@@ -262,3 +262,39 @@ def test_mse_criterion(real_tasks):
                              dict(FAST, criterion="mse", mse_factor=1.5), seed=0)
     assert r["reached_quality"] and 0.0 < r["distance"] < 1.0
     assert r["mse_after"] <= 1.5 * r["mse_before"] * (1 + 1e-6)
+
+
+# ---------------------------------------------------------------- table over a bank
+def test_table_over_a_bank_caches_pairs(tmp_path):
+    """Two MNIST indicators with (untrained) banked small_cnn nets: the table has
+    the right shape and orientation, and a second call reads every pair from the bank."""
+    import importlib.util
+
+    from tanas_jax import models
+    from tanas_jax.bank import Bank
+
+    spec = importlib.util.spec_from_file_location(
+        "_quick", os.path.join(os.path.dirname(__file__), "..", "configs", "quick.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.data.source = "bundled"
+    cfg.data.max_train, cfg.data.max_eval = 200, 100
+    cfg.transform.update(train_epochs=2, finetune_epochs=1, max_steps=2, max_train=150, max_val=60)
+    bank = Bank(str(tmp_path / "bank"))
+    tasks = ["mnist_digit0", "mnist_digit3"]
+    for i, t in enumerate(tasks):
+        variables = models.init("small_cnn", 2, jax.random.PRNGKey(i))
+        bank.save_network(t, "small_cnn", 0, jax.device_get(variables),
+                          {"num_classes": 2, "metrics": {"test_accuracy": 0.5, "reached_epsilon": False}})
+    first = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
+    assert first["tasks"] == tasks and np.asarray(first["mean"]).shape == (2, 2)
+    assert np.all((np.asarray(first["mean"]) > 0) & (np.asarray(first["mean"]) <= 1))
+    assert first["timing"]["pairs_cached"] == 0
+    p = {(q["source"], q["target"]): q for q in first["pairs"]}
+    assert first["mean"][0][1] == p["mnist_digit0", "mnist_digit3"]["distance"]   # rows = source
+    again = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
+    assert again["timing"]["pairs_cached"] == 4 and again["mean"] == first["mean"]
+    cfg.transform.tolerance = 0.05          # a changed setting is recomputed, never reused
+    third = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
+    assert third["timing"]["pairs_cached"] == 0
