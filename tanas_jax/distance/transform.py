@@ -48,10 +48,10 @@ seed gives the same pruning schedule on the same machine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
-from functools import partial
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -259,7 +259,9 @@ def magnitude_prune(params, mask, rate: float, scope: str = "layer") -> list[dic
 # --------------------------------------------------------------------------
 # jitted training / evaluation
 # --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
 def _make_fns(cfg: TransformConfig):
+    """Jitted steps for one config (cached: pairs of a table reuse the compiled code)."""
     output_relu = cfg.output_activation == "relu"
     opt = optax.adam(cfg.learning_rate)
     bs = int(cfg.batch_size)
