@@ -184,8 +184,7 @@ def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=p
     meta = {"num_classes": data.num_classes, "class_names": list(data.class_names),
             "metrics": metrics, "data": data.record(), "train_config": cfg.train.to_dict(),
             **provenance.stamp()}
-    bank.save_network(task, net, seed, variables, meta)
-    meta = dict(meta, task=task, net=net, seed=seed)
+    meta = bank.save_network(task, net, seed, variables, meta)   # as stored, with its sha256
     status = "reached" if metrics["reached_epsilon"] else "did NOT reach"
     log(f"{task} [{net} seed {seed}]: test accuracy {metrics['test_accuracy']:.4f} "
         f"({status} 1-eps = {1 - metrics['epsilon']:.2f}) in {metrics['wall_s']:.1f} s")
