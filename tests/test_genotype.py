@@ -162,17 +162,19 @@ def test_unknown_op_in_factory():
         ops_mod.make_op("conv_9x9", 4, 1)
 
 
-@pytest.mark.parametrize("skel", ["tiny", "small"])
+@pytest.mark.parametrize("skel", ["tiny", Skeleton(C=4, cells=2, reductions=(1,), stem=True, head="gap")])
 def test_networks_build_and_count(skel):
     g = Genotype(authors_cell_structure().with_ops(
         ["sep_conv_3x3", "skip_connect", "conv_7x1_1x7", "max_pool_3x3", "dil_conv_3x3", "avg_pool_3x3"]))
-    v = init_network(g, skel, 5, jax.random.PRNGKey(0), (16, 16, 3))
-    y = make_apply(g, skel, 5)(v, jnp.ones((3, 16, 16, 3)))
+    v = init_network(g, skel, 5, jax.random.PRNGKey(0), (8, 8, 3))
+    y = make_apply(g, skel, 5)(v, jnp.ones((3, 8, 8, 3)))
     assert y.shape == (3, 5)
     assert param_count(v) > 0
-    # reduction cells use stride 2 on edges leaving the input node
-    if skel == "small":
-        assert get_skeleton(skel).cell_channels() == [8, 16, 32]
+    assert get_skeleton("small").cell_channels() == [8, 16, 32]
+    if skel != "tiny":
+        # the reduction cell halves the map and doubles the channels: its edges from the
+        # input node are stride-2 ops (FactorizedReduce for skip_connect)
+        assert "conv_1" in v["params"]["cell1"]["edge1_0_2"]
 
 
 def test_tiny_skeleton_is_authors():

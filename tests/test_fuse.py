@@ -1,0 +1,166 @@
+"""FUSE: mixture maths, phase freezing, selection on real data, convergence,
+SIGKILL resume, random-search budget."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tanas_jax.errors import UserError
+from tanas_jax.search import checkpoint as ckpt
+from tanas_jax.search.fuse import FuseConfig, FuseSteps, fuse_search, mixture_logits, run_round
+from tanas_jax.search.genotype import Genotype, authors_cell_structure
+from tanas_jax.search.random_search import random_search
+from tanas_jax.search.spaces import resolve_space
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (12, 12, 3)
+
+
+@pytest.fixture(scope="module")
+def digit0():
+    from tanas_jax.tasks import load_task_data
+
+    return load_task_data("mnist_digit0", SHAPE, "bundled", max_train=600, max_eval=200)
+
+
+def _cell(*ops):
+    return Genotype(authors_cell_structure().with_ops(list(ops)))
+
+
+NONE = _cell(*["none"] * 6)
+CONV = _cell("conv_7x1_1x7", "skip_connect", "max_pool_3x3", "conv_7x1_1x7", "skip_connect", "avg_pool_3x3")
+
+
+def test_mixture_is_softmax_weighted_sum():
+    rng = np.random.RandomState(0)
+    alpha = np.array([0.3, -1.0, 2.0], np.float32)
+    logits = rng.randn(3, 5, 4).astype(np.float32)
+    w = np.exp(alpha) / np.exp(alpha).sum()
+    expect = w[0] * logits[0] + w[1] * logits[1] + w[2] * logits[2]
+    np.testing.assert_allclose(mixture_logits(jnp.asarray(alpha), jnp.asarray(logits)), expect, rtol=1e-6)
+
+
+def test_config_rejects_one_candidate():
+    with pytest.raises(UserError, match="candidates must be >= 2"):
+        FuseConfig(candidates=1)
+
+
+def test_each_phase_freezes_the_other_partition():
+    cfg = FuseConfig(batch_size=8)
+    fs = FuseSteps([NONE, CONV], "tiny", 2, cfg, (6, 6, 3))
+    s0 = fs.init_state([0])
+    x = np.random.RandomState(0).rand(8, 6, 6, 3).astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.int32)
+    s1, _ = fs.weight_step(s0, x, y)
+    np.testing.assert_array_equal(s1["params"]["alpha"], s0["params"]["alpha"])
+    a0 = s0["opt"].inner_states["alpha"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s1["opt"].inner_states["alpha"], a0)
+    assert not np.allclose(s1["params"]["weights"][1]["head"]["kernel"], s0["params"]["weights"][1]["head"]["kernel"])
+    s2, _ = fs.alpha_step(s1, x, y)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s2["params"]["weights"], s1["params"]["weights"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s2["opt"].inner_states["weights"],
+                           s1["opt"].inner_states["weights"])
+    assert not np.allclose(s2["params"]["alpha"], s1["params"]["alpha"])
+    # one trace per phase, reused
+    fs.weight_step(s2, x, y)
+    fs.alpha_step(s2, x, y)
+    assert fs.traces["weights"] == 1 and fs.traces["alpha"] == 1
+
+
+def test_fuse_picks_the_conv_cell_and_alpha_converges(digit0):
+    cfg = FuseConfig(candidates=2, max_stages=12, weight_steps=10, alpha_steps=10, batch_size=32,
+                     alpha_learning_rate=0.3, tol=0.01)
+    for order in ([NONE, CONV], [CONV, NONE]):
+        rec, _ = run_round(order, digit0, cfg, seed=0, r=0)
+        conv = order.index(CONV)
+        assert rec["winner"] == conv, rec
+        assert rec["softmax_alpha_per_stage"][-1][conv] > 0.9
+        assert rec["converged"], rec["softmax_alpha_per_stage"]
+        assert rec["val_accuracy"][conv] > 0.9 and rec["val_accuracy"][1 - conv] < 0.7
+
+
+SPACE = "ops:none,skip_connect,max_pool_3x3,avg_pool_3x3"
+SMALL = dict(candidates=2, rounds=3, max_stages=2, weight_steps=5, alpha_steps=3, batch_size=16,
+             final_steps=10, eval_batch_size=200)
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from tanas_jax.tasks import load_task_data
+    from tanas_jax.search.fuse import FuseConfig, fuse_search
+    from tanas_jax.search.spaces import resolve_space
+    d = load_task_data("mnist_digit0", {shape!r}, "bundled", max_train=200, max_eval=100)
+    res = fuse_search(d, resolve_space({space!r}), FuseConfig(**{cfg!r}), seed=3,
+                      checkpoint_dir={ck!r}, log=lambda m: print(m, flush=True))
+    json.dump(res, open({out!r}, "w"))
+""")
+
+
+def _script(tmp_path, name):
+    ck = str(tmp_path / f"ck_{name}")
+    out = str(tmp_path / f"{name}.json")
+    code = SCRIPT.format(root=ROOT, shape=SHAPE, space=SPACE, cfg=SMALL, ck=ck, out=out)
+    return [sys.executable, "-c", code], ck, out
+
+
+def _comparable(res):
+    return {"winner": res["winner"], "alpha": [h["alpha"] for h in res["history"]],
+            "probs": [h["softmax_alpha_per_stage"] for h in res["history"]],
+            "cands": [h["candidates"] for h in res["history"]], "final": {
+                k: res["final"][k] for k in ("val_accuracy", "test_accuracy", "params", "train_loss")}}
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    cmd, ck, out = _script(tmp_path, "killed")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt.path(ck)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    meta, _ = ckpt.load(ck, None)
+    assert meta["round"] < SMALL["rounds"] - 1  # killed mid-search
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming" in rerun.stdout
+    resumed = json.load(open(out))
+    assert resumed["resumed_from_round"] == meta["round"] + 1
+
+    cmd2, _, out2 = _script(tmp_path, "clean")
+    clean = subprocess.run(cmd2, capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert _comparable(resumed) == _comparable(json.load(open(out2)))
+
+
+def test_checkpoint_refuses_other_settings_and_corruption(tmp_path):
+    ckpt.save(str(tmp_path), "abc", {"round": 0, "history": []})
+    with pytest.raises(UserError, match="other settings"):
+        ckpt.load(str(tmp_path), "xyz")
+    p = ckpt.path(str(tmp_path))
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[: len(data) // 2])
+    with pytest.raises(UserError, match="unreadable|checksum"):
+        ckpt.load(str(tmp_path), "abc")
+
+
+def test_random_search_respects_budget(digit0):
+    cfg = FuseConfig(**{**SMALL, "rounds": 2})
+    res = random_search(digit0, resolve_space(SPACE), cfg, seed=1, final=False, log=lambda m: None)
+    assert res["budget"] == {"evaluations": 4, "steps_per_evaluation": 10}
+    assert len(res["evaluations"]) == 4 and all(e["steps"] == 10 for e in res["evaluations"])
+    accs = [e["val_accuracy"] for e in res["evaluations"]]
+    assert res["best"] == int(np.argmax(accs))
+    small = random_search(digit0, resolve_space(SPACE), cfg, seed=1, budget=2, steps=3, final=False,
+                          log=lambda m: None)
+    assert len(small["evaluations"]) == 2 and all(e["steps"] == 3 for e in small["evaluations"])
