@@ -26,4 +26,15 @@ def get_config():
     c.transform.max_steps = 60
     c.transform.max_train = None
     c.transform.max_val = None
+    # FUSE as in the authors' code: 10 stages x (3 child epochs + 10 alpha epochs) per round,
+    # 100 rounds, winner retrained 50 epochs (steps here; set from the data size if needed)
+    c.fuse.candidates = 5                  # LD-NAS §4: five candidates
+    c.fuse.rounds = 100
+    c.fuse.max_stages = 10
+    c.fuse.weight_steps = 500
+    c.fuse.alpha_steps = 200
+    c.fuse.final_steps = 40000
+    c.fuse.skeleton = "darts"
+    c.search.input_shape = (32, 32, 3)     # LD-NAS: MNIST padded to 32, 3 channels
+    c.search.max_train = None
     return c

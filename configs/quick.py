@@ -58,8 +58,26 @@ def get_config():
     c.transform.max_val = 1000             # examples of B's val split for the quality bar
     c.transform.adapter = False            # allow nets with different feature widths
     c.transform.feature_batch = 500
+    # FUSE (tanas_jax/search/fuse.py, TA-NAS Algorithm 2); fields = FuseConfig's
     c.fuse = ml_collections.ConfigDict()
+    c.fuse.candidates = 3                  # C: seed + C-1 samples (authors: 3; LD-NAS: 5)
+    c.fuse.rounds = 4                      # I (authors' code: 100; LD-NAS: 200)
+    c.fuse.max_stages = 4                  # stage cap per round (authors: 10)
+    c.fuse.weight_steps = 30               # weight steps per stage, train split
+    c.fuse.alpha_steps = 10                # alpha steps per stage, validation split
+    c.fuse.batch_size = 64
+    c.fuse.learning_rate = 1e-3            # Adam on the candidates' weights
+    c.fuse.alpha_learning_rate = 0.05      # Adam on alpha
+    c.fuse.tol = 1e-3                      # converged: max |d softmax(alpha)| over a stage < tol
+    c.fuse.final_steps = 400               # winner trained from scratch, then tested once
+    c.fuse.eval_batch_size = 500
+    c.fuse.skeleton = "tiny"               # tiny (authors: 3 ch, 1 cell, linear head) | small | darts
+    # search plumbing shared by FUSE and the random baseline
     c.search = ml_collections.ConfigDict()
+    c.search.space = "standard"            # standard | from:TASK | from:closest[:k] | ops:a,b | file.json
+    c.search.input_shape = (28, 28, 3)     # MNIST-family 28 px, grey repeated to 3 channels
+    c.search.max_train = 3000              # cap on the target's train split for the search
+    c.search.write_bank = True             # store the winner as the target's genotype
 
     c.tanas = ml_collections.ConfigDict()
     c.tanas.bases = "offline8"
