@@ -1,0 +1,302 @@
+"""Fisher engine: every path against an explicit one-example-at-a-time loop."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tanas_jax.errors import UserError
+from tanas_jax.fisher import fisher_diag, make_plan, per_example_grads
+from tanas_jax.fisher import engine
+from tanas_jax.models.layers import Conv, max_pool_2x2
+
+
+# ---------------------------------------------------------------- test nets
+
+class ConvNet(nn.Module):
+    """Convs of every kind the fast path knows: padded 5x5, strided, depthwise,
+    flax nn.Conv, a 3x3 conv on a 2x2 map (im2col), reshape max-pool, dense."""
+
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(Conv(4, (5, 5), padding=2, name="c5")(x))                 # 8x8
+        x = nn.relu(Conv(6, (3, 3), strides=2, name="cs")(x))                  # 4x4
+        x = nn.relu(Conv(6, (3, 3), feature_group_count=3, name="dw")(x))      # depthwise-ish
+        x = nn.tanh(nn.Conv(5, (3, 3), padding="SAME", name="flaxconv")(x))
+        x = max_pool_2x2(x)                                                    # 2x2 map
+        x = nn.relu(Conv(5, (3, 3), use_bias=False, name="small")(x))         # im2col path
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(7, name="fc")(x))
+        return nn.Dense(self.classes, name="head")(x)
+
+
+class BNNet(nn.Module):
+    classes: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        x = Conv(4, (3, 3), name="c1")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn1")(x))
+        x = max_pool_2x2(x)
+        x = Conv(6, (3, 3), use_bias=False, name="c2")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn2")(x))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(5, name="fc")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=True, use_scale=False, name="bn3")(x))
+        return nn.Dense(self.classes, name="head")(x)
+
+
+class SeqDense(nn.Module):
+    """A Dense applied to a (B, T, D) input: per-example grads sum over T."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], 4, -1)
+        x = nn.tanh(nn.Dense(6, name="tok")(x)).mean(1)
+        return nn.Dense(3, name="head")(x)
+
+
+class Shared(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        d = nn.Dense(x.shape[-1] if x.ndim == 2 else 8, name="shared")
+        x = x.reshape(x.shape[0], -1)[:, :8]
+        x = nn.tanh(d(nn.tanh(d(x))))
+        return nn.Dense(2, name="head")(x) + self.param("offset", nn.initializers.zeros, (2,))
+
+
+def _setup(module, shape, m=9, seed=0, classes=None):
+    rng = np.random.RandomState(seed)
+    x = rng.rand(m, *shape).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(seed), jnp.asarray(x[:2]))
+    variables = jax.tree_util.tree_map(lambda a: a, dict(variables))
+    if "batch_stats" in variables:  # non-trivial running statistics
+        k = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 100))
+        variables["batch_stats"] = jax.tree_util.tree_map(
+            lambda a: jax.random.uniform(next(k), a.shape, minval=0.1, maxval=0.6), variables["batch_stats"])
+        variables["params"] = jax.tree_util.tree_map(
+            lambda a: a + 0.3 * jax.random.normal(next(k), a.shape), variables["params"])
+    apply = lambda v, xx: module.apply(v, xx)  # noqa: E731
+    c = int(apply(variables, x[:1]).shape[-1])
+    y = rng.randint(0, c, size=m).astype(np.int32)
+    return apply, variables, x, y
+
+
+def naive_fisher(apply, variables, x, y):
+    """One example at a time: (1/M) sum_i grad(log p(y_i|x_i))**2."""
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    @jax.jit
+    def g1(p, xi, yi):
+        return jax.grad(lambda q: jax.nn.log_softmax(apply({"params": q, **rest}, xi[None])[0])[yi])(p)
+
+    acc = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for i in range(x.shape[0]):
+        g = g1(params, x[i], y[i])
+        acc = jax.tree_util.tree_map(lambda a, b: a + b * b, acc, g)
+    return jax.tree_util.tree_map(lambda a: a / x.shape[0], acc)
+
+
+def naive_exact_fisher(apply, variables, x):
+    """True Fisher: sum over all labels weighted by p(y|x), one example at a time."""
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    logits = np.asarray(apply(variables, x))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+
+    @jax.jit
+    def g1(p, xi, yi):
+        return jax.grad(lambda q: jax.nn.log_softmax(apply({"params": q, **rest}, xi[None])[0])[yi])(p)
+
+    acc = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for i in range(x.shape[0]):
+        for c in range(logits.shape[1]):
+            g = g1(params, x[i], c)
+            acc = jax.tree_util.tree_map(lambda a, b: a + probs[i, c] * b * b, acc, g)
+    return jax.tree_util.tree_map(lambda a: a / x.shape[0], acc)
+
+
+def assert_tree_close(a, b, rtol=1e-5):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for name, p, q in zip(engine.leaf_names(a), la, lb):
+        p, q = np.asarray(p), np.asarray(q)
+        assert p.shape == q.shape, name
+        scale = max(float(np.abs(q).max()), 1e-30)
+        np.testing.assert_allclose(p, q, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+NETS = {
+    "convnet": (ConvNet(), (8, 8, 3)),
+    "bn": (BNNet(), (6, 6, 2)),
+    "seqdense": (SeqDense(), (4, 5)),
+}
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_vmap_and_fast_equal_naive_loop(net):
+    module, shape = NETS[net]
+    apply, variables, x, y = _setup(module, shape, m=9)
+    ref = naive_fisher(apply, variables, x, y)
+    plan = make_plan(apply, variables, x[:1])
+    assert plan.ok, plan.reason
+    # microbatch 4 with 9 examples: exercises the padded (weight-0) last microbatch
+    got_vmap, info_v = fisher_diag(apply, variables, x, y, method="vmap", microbatch=4, return_info=True)
+    got_fast, info_f = fisher_diag(apply, variables, x, y, method="fast", microbatch=4, return_info=True)
+    assert info_v["method"] == "vmap" and info_f["method"] == "fast"
+    assert_tree_close(got_vmap, ref)
+    assert_tree_close(got_fast, ref)
+    if net == "seqdense":  # microbatch size does not change the result
+        assert_tree_close(fisher_diag(apply, variables, x, y, method="fast", microbatch=9), ref)
+
+
+def test_real_model_zoo_net_small_cnn():
+    from tanas_jax.models import init, make_apply
+    v = init("small_cnn", 2, jax.random.PRNGKey(3))
+    ap = make_apply("small_cnn", 2)
+    rng = np.random.RandomState(0)
+    x = rng.rand(5, 32, 32, 1).astype(np.float32)
+    y = rng.randint(0, 2, 5)
+    ref = naive_fisher(ap, v, x, y)
+    assert_tree_close(fisher_diag(ap, v, x, y, method="fast", microbatch=5), ref)
+
+
+def test_per_example_grads_shape_and_values():
+    apply, variables, x, y = _setup(*NETS["convnet"], m=3)
+    g = per_example_grads(apply, variables, x, y)
+    for leaf, p in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(variables["params"])):
+        assert leaf.shape == (3,) + p.shape
+    sq = jax.tree_util.tree_map(lambda a: (a * a).mean(0), g)
+    assert_tree_close(sq, naive_fisher(apply, variables, x, y))
+
+
+def test_exact_estimator_equals_naive_expectation():
+    apply, variables, x, y = _setup(*NETS["bn"], m=5)
+    ref = naive_exact_fisher(apply, variables, x)
+    assert_tree_close(fisher_diag(apply, variables, x, estimator="exact", method="vmap", microbatch=3), ref)
+    assert_tree_close(fisher_diag(apply, variables, x, estimator="exact", method="fast", microbatch=3), ref)
+
+
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="head")(nn.tanh(nn.Dense(4, name="fc")(x)))
+
+
+def test_mc_estimator_converges_to_exact_expectation():
+    apply, variables, x, _ = _setup(Tiny(), (5,), m=4, seed=2)
+    exact = naive_exact_fisher(apply, variables, x)
+    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])  # noqa: E731
+    errs = []
+    for s in (20, 2000):
+        mc = fisher_diag(apply, variables, x, estimator="mc", mc_samples=s, method="fast",
+                         rng=jax.random.PRNGKey(7), microbatch=4)
+        errs.append(np.linalg.norm(flat(mc) - flat(exact)) / np.linalg.norm(flat(exact)))
+    assert errs[1] < 0.05, errs
+    assert errs[1] < errs[0]
+    # fast and vmap draw the same labels (per-example keys)
+    mc_v = fisher_diag(apply, variables, x, estimator="mc", mc_samples=20, method="vmap",
+                       rng=jax.random.PRNGKey(7), microbatch=2)
+    mc_f = fisher_diag(apply, variables, x, estimator="mc", mc_samples=20, method="fast",
+                       rng=jax.random.PRNGKey(7), microbatch=4)
+    assert_tree_close(mc_f, mc_v)
+
+
+def test_auto_falls_back_for_shared_or_unknown_layers():
+    apply, variables, x, y = _setup(Shared(), (8,), m=4)
+    plan = make_plan(apply, variables, x[:1])
+    assert not plan.ok
+    got, info = fisher_diag(apply, variables, x, y, return_info=True)
+    assert info["method"] == "vmap"
+    assert_tree_close(got, naive_fisher(apply, variables, x, y))
+    with pytest.raises(UserError, match="fast Fisher path"):
+        fisher_diag(apply, variables, x, y, method="fast")
+
+
+def test_authors_variant_is_squared_batch_mean_then_mean_over_out_axis():
+    apply, variables, x, y = _setup(Tiny(), (5,), m=8, seed=1)
+    got = fisher_diag(apply, variables, x, y, authors=True, microbatch=4)
+    params = variables["params"]
+
+    def mean_nll(p, xb, yb):
+        lp = jax.nn.log_softmax(apply({"params": p}, xb))
+        return -jnp.take_along_axis(lp, yb[:, None], axis=-1).mean()
+
+    g1 = jax.grad(mean_nll)(params, x[:4], y[:4])
+    g2 = jax.grad(mean_nll)(params, x[4:], y[4:])
+    ref = jax.tree_util.tree_map(lambda a, b: (a * a + b * b) / 2, g1, g2)
+    ref = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a.mean(-1, keepdims=True), a.shape), ref)
+    assert_tree_close(got, ref)
+    # a bias becomes a constant, head rows identical: not a diagonal
+    assert np.ptp(np.asarray(got["head"]["bias"])) == 0
+
+
+def test_step_compiles_once_for_repeated_calls():
+    apply, variables, x, y = _setup(Tiny(), (5,), m=8, seed=1)
+    fisher_diag(apply, variables, x, y, method="fast", microbatch=4)
+    fn = engine._jitted("fast", apply, None, estimator="empirical", mc_samples=1,
+                        plan=make_plan(apply, variables, x[:1]))
+    before = fn._cache_size()
+    variables2 = jax.tree_util.tree_map(lambda a: a * 1.5, variables)
+    fisher_diag(apply, variables2, x[:7], y[:7], method="fast", microbatch=4)
+    assert fn._cache_size() == before == 1
+
+
+def test_bad_inputs_are_user_errors():
+    apply, variables, x, y = _setup(Tiny(), (5,), m=4)
+    with pytest.raises(UserError, match="empty"):
+        fisher_diag(apply, variables, x[:0], y[:0], name="mnist_digit0")
+    with pytest.raises(UserError, match="estimator"):
+        fisher_diag(apply, variables, x, y, estimator="bogus")
+    bad = jax.tree_util.tree_map(lambda a: a, variables)
+    bad["params"]["fc"]["kernel"] = bad["params"]["fc"]["kernel"].at[0, 0].set(jnp.nan)
+    with pytest.raises(UserError, match=r"mnist_digit0.*layer (fc|head)/"):
+        fisher_diag(apply, bad, x, y, name="mnist_digit0")
+
+
+def test_choose_microbatch_respects_budget_and_devices():
+    assert engine.choose_microbatch(1000, 64_000) == 64
+    assert engine.choose_microbatch(10**9, 1000) == 1
+    assert engine.choose_microbatch(1000, 50_000, n_devices=4) % 4 == 0
+
+
+SHARD_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np, flax.linen as nn
+    assert len(jax.devices()) == 4, jax.devices()
+    import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from test_fisher import _setup, NETS, assert_tree_close
+    from tanas_jax.fisher import fisher_diag
+    for net, methods in (("bn", ("fast", "vmap")),):
+        apply, variables, x, y = _setup(*NETS[net], m=10)
+        for method in methods:
+            one = fisher_diag(apply, variables, x, y, method=method, microbatch=4, devices=jax.devices()[:1])
+            four = fisher_diag(apply, variables, x, y, method=method, microbatch=4)
+            assert_tree_close(four, one, rtol=1e-6)
+    one = fisher_diag(apply, variables, x, y, authors=True, microbatch=4, devices=jax.devices()[:1])
+    assert_tree_close(fisher_diag(apply, variables, x, y, authors=True, microbatch=4), one, rtol=1e-6)
+    mc1 = fisher_diag(apply, variables, x, estimator="mc", microbatch=4, devices=jax.devices()[:1])
+    mc4 = fisher_diag(apply, variables, x, estimator="mc", microbatch=4)
+    assert_tree_close(mc4, mc1, rtol=1e-6)
+    print("SHARDED_OK")
+""")
+
+
+def test_sharded_equals_unsharded_on_4_host_devices():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    code = SHARD_SCRIPT.format(root=root, tests=os.path.join(root, "tests"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "SHARDED_OK" in r.stdout, r.stderr[-3000:]
