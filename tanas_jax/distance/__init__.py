@@ -1,0 +1,16 @@
+"""Task distances between trained networks.
+
+* :mod:`tanas_jax.distance.logdet` — LD-NAS eq. (1)/(2), diagonal and full spectra.
+* :mod:`tanas_jax.distance.frechet` — slides eq. (8) (diagonal) and (7) (full).
+* :mod:`tanas_jax.distance.table` — K x K tables over seeds, CSV, heatmap, ranking.
+* :mod:`tanas_jax.distance.transform` — transform-network distance (TA-NAS),
+  imported lazily (it pulls optax training code).
+"""
+from tanas_jax.distance.frechet import frechet_distance_diag, frechet_distance_full, nuclear_norm  # noqa: F401
+from tanas_jax.distance.logdet import (  # noqa: F401
+    logdet_distance_diag, logdet_distance_eq1_diag, logdet_distance_full, logdet_full,
+)
+from tanas_jax.distance.prepare import HEAD_MODES, NORMALIZATIONS, REDUCTIONS, align  # noqa: F401
+
+METRICS = ("logdet", "frechet", "transform")
+SPECTRA = ("diag", "full")

@@ -1,0 +1,207 @@
+"""Per-example gradient Gram matrices: exact full-matrix spectra at M x M cost.
+
+With G the M x n matrix of per-example gradients and F = G^T G / M:
+
+* the non-zero eigenvalues of F are those of the Gram ``G G^T / M``, so the
+  full log-det is exact from an M x M eigenproblem (DESIGN.md identities);
+* with A = G_b^T / sqrt(M_b), B = G_t^T / sqrt(M_t), ``||A^T B||_*`` (nuclear
+  norm of the cross-Gram ``G_b G_t^T / sqrt(M_b M_t)``) is
+  ``tr((F_b^{1/2} F_t F_b^{1/2})^{1/2})``: the exact full Fréchet distance.
+
+Blocks of ``microbatch`` examples are computed with ``vmap(grad)``; at most
+two blocks (2 x microbatch x n floats) live on the device.  When all M x n
+gradients fit in half of ``memory_budget`` they are kept on the host and each
+block is computed once; otherwise blocks are recomputed per block pair.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tanas_jax.errors import UserError
+from tanas_jax.fisher.engine import (DEFAULT_MEMORY_BUDGET, _example_keys, check_finite,
+                                     choose_microbatch, leaf_names, per_example_grads, split_variables)
+
+
+def _selection(params, head: str, common_shapes: dict | None = None):
+    """(names, slices) of the leaves that enter the flattened gradient."""
+    names = leaf_names(params)
+    shapes = [a.shape for a in jax.tree_util.tree_leaves(params)]
+    keep = []
+    for i, (nm, sh) in enumerate(zip(names, shapes)):
+        if head == "backbone" and (nm == "head" or nm.startswith("head/")):
+            continue
+        crop = common_shapes.get(nm, sh) if common_shapes else sh
+        keep.append((i, nm, tuple(slice(0, c) for c in crop)))
+    return keep
+
+
+def _make_block_fn(apply, variables, estimator: str, selection, leaf_scale):
+    params, rest = split_variables(variables)
+
+    @jax.jit
+    def block(params, x, y, idx, rng):
+        if estimator == "mc":
+            logits = jax.lax.stop_gradient(apply({"params": params, **rest}, x))
+            keys = _example_keys(rng, idx)
+            y = jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+        g = per_example_grads(apply, {"params": params, **rest}, x, y)
+        leaves = jax.tree_util.tree_leaves(g)
+        cols = []
+        for (i, _nm, sl), sc in zip(selection, leaf_scale):
+            a = leaves[i][(slice(None),) + sl]
+            cols.append(a.reshape(a.shape[0], -1) * sc)
+        return jnp.concatenate(cols, axis=1)
+
+    return lambda x, y, idx, rng: block(params, x, y, idx, rng)
+
+
+class _Blocks:
+    """Per-example gradient blocks (B, n) of one network on one data set."""
+
+    def __init__(self, apply, variables, x, y, estimator, rng, microbatch, selection, leaf_scale,
+                 cache: bool):
+        self.fn = _make_block_fn(apply, variables, estimator, selection, leaf_scale)
+        self.x, self.y, self.rng, self.mb = np.asarray(x, np.float32), np.asarray(y, np.int32), rng, microbatch
+        self.m = self.x.shape[0]
+        self.n_blocks = -(-self.m // microbatch)
+        self.cache = {} if cache else None
+
+    def get(self, k):
+        if self.cache is not None and k in self.cache:
+            return self.cache[k]
+        lo, hi = k * self.mb, min(self.m, (k + 1) * self.mb)
+        pad = self.mb - (hi - lo)
+        xb, yb = self.x[lo:hi], self.y[lo:hi]
+        idx = np.arange(lo, lo + self.mb, dtype=np.int32)
+        if pad:
+            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], np.float32)])
+            yb = np.concatenate([yb, np.zeros((pad,), np.int32)])
+        g = self.fn(xb, yb, idx, self.rng)[: hi - lo]
+        if not bool(jnp.all(jnp.isfinite(g))):
+            raise UserError("non-finite per-example gradients in the Gram matrix: the network or data "
+                            "contain NaN/inf; retrain the network or check the data")
+        if self.cache is not None:
+            self.cache[k] = g
+        return g
+
+
+def _prep(x, y, estimator):
+    x = np.asarray(x)
+    if x.shape[0] == 0:
+        raise UserError("no examples for the Gram matrix: the data set is empty; check --examples")
+    if estimator not in ("empirical", "mc"):
+        raise UserError(f"full spectra support estimators empirical|mc, not '{estimator}'")
+    if y is None:
+        if estimator == "empirical":
+            raise UserError("the empirical Fisher needs labels y")
+        y = np.zeros((x.shape[0],), np.int32)
+    return x, np.asarray(y, np.int32)
+
+
+def _scales(selection, leaf_scale):
+    if leaf_scale is None:
+        return [1.0] * len(selection)
+    return [float(leaf_scale[nm]) for _, nm, _ in selection]
+
+
+def gram_matrix(apply: Callable, variables, x, y=None, *, estimator: str = "empirical", rng=None,
+                microbatch: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                head: str = "all", leaf_scale: dict | None = None, progress: bool = False) -> tuple[np.ndarray, int]:
+    """``(G G^T / M, n)``: the M x M Gram of per-example gradients (float64) and n.
+
+    ``head='backbone'`` leaves the head out; ``leaf_scale`` ({leaf name:
+    factor}) multiplies each layer's gradients (``layer`` normalisation).
+    """
+    x, y = _prep(x, y, estimator)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    params, _ = split_variables(variables)
+    sel = _selection(params, head)
+    shapes = [a.shape for a in jax.tree_util.tree_leaves(params)]
+    n = int(sum(int(np.prod(shapes[i])) for i, _, _ in sel))
+    m = x.shape[0]
+    mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
+    blocks = _Blocks(apply, variables, x, y, estimator, rng, mb, sel, _scales(sel, leaf_scale),
+                     cache=(m * n * 4 <= memory_budget // 2))
+    K = np.zeros((m, m), np.float64)
+    pairs = [(i, j) for i in range(blocks.n_blocks) for j in range(i, blocks.n_blocks)]
+    bar = _bar(progress, len(pairs), "gram")
+    for i, j in pairs:
+        gi, gj = blocks.get(i), blocks.get(j)
+        kij = np.asarray(gi @ gj.T, np.float64)
+        K[i * mb: i * mb + kij.shape[0], j * mb: j * mb + kij.shape[1]] = kij
+        K[j * mb: j * mb + kij.shape[1], i * mb: i * mb + kij.shape[0]] = kij.T
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    return K / m, n
+
+
+def cross_gram(apply_b: Callable, variables_b, apply_t: Callable, variables_t, x, y=None, *,
+               x_t=None, y_t=None, estimator: str = "empirical", rng=None, microbatch: int | None = None,
+               memory_budget: int = DEFAULT_MEMORY_BUDGET, head: str = "pad",
+               progress: bool = False) -> np.ndarray:
+    """``A^T B = G_b G_t^T / sqrt(M_b M_t)`` (float64), M_b x M_t.
+
+    Network b's per-example gradients on (x, y) against network t's on
+    (x_t, y_t) (default the same data).  Gradients are aligned leaf by leaf;
+    with ``head='pad'`` heads of different class counts are compared on their
+    common part (zero padding adds nothing to inner products); ``'backbone'``
+    drops the heads.
+    """
+    x, y = _prep(x, y, estimator)
+    x_t, y_t = (x, y) if x_t is None else _prep(x_t, y_t, estimator)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    pb, _ = split_variables(variables_b)
+    pt, _ = split_variables(variables_t)
+    nb_, nt_ = leaf_names(pb), leaf_names(pt)
+    if nb_ != nt_:
+        only = sorted(set(nb_) ^ set(nt_))
+        raise UserError(f"Fishers of incompatible networks: layer {only[0] if only else '?'} differs; "
+                        "use networks of the same architecture")
+    common = {}
+    for nm, a, b in zip(nb_, jax.tree_util.tree_leaves(pb), jax.tree_util.tree_leaves(pt)):
+        if a.shape != b.shape:
+            if not nm.startswith("head") or a.ndim != b.ndim:
+                raise UserError(f"Fishers of incompatible networks: layer {nm} has shape {a.shape} vs {b.shape}; "
+                                "only the head may differ")
+            common[nm] = tuple(min(p, q) for p, q in zip(a.shape, b.shape))
+    sel_b = _selection(pb, "backbone" if head == "backbone" else "all", common)
+    sel_t = _selection(pt, "backbone" if head == "backbone" else "all", common)
+    n = int(sum(int(np.prod([s.stop for s in sl])) for _, _, sl in sel_b))
+    mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
+    cache = (x.shape[0] + x_t.shape[0]) * n * 4 <= memory_budget // 2
+    bb = _Blocks(apply_b, variables_b, x, y, estimator, rng, mb, sel_b, [1.0] * len(sel_b), cache)
+    bt = _Blocks(apply_t, variables_t, x_t, y_t, estimator, rng, mb, sel_t, [1.0] * len(sel_t), cache)
+    C = np.zeros((bb.m, bt.m), np.float64)
+    bar = _bar(progress, bb.n_blocks * bt.n_blocks, "cross-gram")
+    for i in range(bb.n_blocks):
+        gi = bb.get(i)
+        for j in range(bt.n_blocks):
+            c = np.asarray(gi @ bt.get(j).T, np.float64)
+            C[i * mb: i * mb + c.shape[0], j * mb: j * mb + c.shape[1]] = c
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    return C / np.sqrt(bb.m * bt.m)
+
+
+def gram_eigenvalues(K: np.ndarray) -> np.ndarray:
+    """Eigenvalues (descending, clipped at 0) of a symmetric PSD Gram."""
+    e = np.linalg.eigvalsh(np.asarray(K, np.float64))
+    return np.clip(e[::-1], 0.0, None)
+
+
+def _bar(progress, total, desc):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+__all__ = ["gram_matrix", "cross_gram", "gram_eigenvalues", "check_finite"]
