@@ -18,6 +18,11 @@ def get_config():
     c.train.batch_size = 64
     c.train.epsilon = 0.05
     c.bank.seeds = list(range(10))         # 10 repeats, seeds 0-9
+    # Fisher / distance: the papers do not state M; 2000 examples per diagonal Fisher,
+    # 1000 for full spectra (1000 x 1000 Gram matrices); VGG-16 with the fast path
+    c.fisher.examples = 2000
+    c.fisher.full_examples = 1000
+    c.fisher.memory_budget_mb = 4096
     # TA-NAS §4: the paper's CNN (F = 1024) and a 2048 -> 512 -> 1024 transform
     c.transform.net = "tanas_cnn"
     c.transform.prune_rate = 0.2

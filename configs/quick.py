@@ -31,8 +31,25 @@ def get_config():
     c.bank = ml_collections.ConfigDict()
     c.bank.seeds = [0]                     # networks per task (distance repeats use these)
 
+    # Fisher engine (tanas_jax/fisher): per-example diagonal / Gram spectra of banked networks
     c.fisher = ml_collections.ConfigDict()
+    c.fisher.examples = 500                # examples of the data task's split per Fisher (diag)
+    c.fisher.full_examples = 200           # examples for full spectra (M x M Gram matrices)
+    c.fisher.split = "train"               # train | val | test
+    c.fisher.estimator = "empirical"       # empirical (LD-NAS eq. 6) | mc | exact
+    c.fisher.mc_samples = 1                # labels per example for mc
+    c.fisher.method = "auto"               # auto | fast | vmap
+    c.fisher.microbatch = config_dict.placeholder(int)   # None: from the memory budget
+    c.fisher.memory_budget_mb = 2048
+    # Fisher task distances (tanas_jax/distance)
     c.distance = ml_collections.ConfigDict()
+    c.distance.metric = "logdet"           # logdet | frechet | transform
+    c.distance.spectrum = "diag"           # diag | full
+    c.distance.sigma2 = 1e-10              # authors' value (after unit-total normalisation)
+    c.distance.normalization = "network"   # network (authors) | layer
+    c.distance.reduction = "global"        # global (paper eq. 2) | per_layer (authors' code)
+    c.distance.head = "pad"                # pad (authors) | backbone
+    c.distance.authors_fisher = False      # authors' batch-mean-squared variant (comparison only)
     # TA-NAS transform-network distance (tanas_jax/distance/transform.py): MLP
     # 2F -> F/2 -> F on the nets' F-wide penultimate features, iterative magnitude pruning
     c.transform = ml_collections.ConfigDict()

@@ -1,0 +1,392 @@
+"""K x K Fisher task-distance tables over banked networks, CSV, heatmaps, rankings.
+
+``d[b, t]`` (row b = base, column t = target, as LD-NAS Figure 1) compares
+the Fisher of base network b on target data t with the Fisher of target
+network t on the same data.  Every Fisher (and full-spectrum quantity) is
+cached in the bank under a key hashing all its inputs (task, net, seed,
+network checksum, data task, examples, estimator, data settings...), so it is
+recomputed only when an input changes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from tanas_jax.errors import UserError
+
+FISHER_KIND = "fisher_diag"
+GRAM_KIND = "fisher_gram_eigs"
+CROSS_KIND = "fisher_cross_gram"
+
+
+def _section(cfg, name):
+    return cfg[name] if name in cfg else {}
+
+
+def _get(sec, key, default):
+    try:
+        v = sec[key]
+    except (KeyError, AttributeError, TypeError):
+        return default
+    return default if v is None else v
+
+
+def fisher_settings(cfg) -> dict:
+    """The Fisher-engine settings (from ``cfg.fisher`` and ``cfg.distance``)."""
+    f, d = _section(cfg, "fisher"), _section(cfg, "distance")
+    return {
+        "examples": int(_get(f, "examples", 500)),
+        "full_examples": int(_get(f, "full_examples", 256)),
+        "split": str(_get(f, "split", "train")),
+        "estimator": str(_get(f, "estimator", "empirical")),
+        "mc_samples": int(_get(f, "mc_samples", 1)),
+        "method": str(_get(f, "method", "auto")),
+        "microbatch": _get(f, "microbatch", None),
+        "memory_budget_mb": int(_get(f, "memory_budget_mb", 2048)),
+        "authors_fisher": bool(_get(d, "authors_fisher", False)),
+    }
+
+
+def distance_settings(cfg) -> dict:
+    d = _section(cfg, "distance")
+    return {
+        "metric": str(_get(d, "metric", "logdet")),
+        "spectrum": str(_get(d, "spectrum", "diag")),
+        "sigma2": float(_get(d, "sigma2", 1e-10)),
+        "normalization": str(_get(d, "normalization", "network")),
+        "reduction": str(_get(d, "reduction", "global")),
+        "head": str(_get(d, "head", "pad")),
+    }
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class FisherStore:
+    """Loads networks and task data once; computes/caches Fishers in the bank."""
+
+    def __init__(self, bank, cfg, progress: bool = True, log=print, recompute: bool = False):
+        from tanas_jax import models
+
+        self.bank, self.cfg, self.progress, self.log, self.recompute = bank, cfg, progress, log, recompute
+        self.net = cfg.train.net
+        self.spec = models.get_net(self.net)
+        self.fs = fisher_settings(cfg)
+        self._nets: dict = {}
+        self._data: dict = {}
+        self._apply: dict = {}
+        self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0}
+
+    # -- inputs
+    def network(self, task: str, seed: int):
+        key = (task, seed)
+        if key not in self._nets:
+            from tanas_jax.train import ensure_network
+
+            variables, meta = ensure_network(self.bank, task, seed, self.cfg, progress=self.progress, log=self.log)
+            self._nets[key] = (variables, meta)
+        return self._nets[key]
+
+    def apply_fn(self, num_classes: int):
+        if num_classes not in self._apply:
+            from tanas_jax import models
+
+            self._apply[num_classes] = models.make_apply(self.net, num_classes)
+        return self._apply[num_classes]
+
+    def data(self, task: str, full: bool = False):
+        if task not in self._data:
+            from tanas_jax.tasks import load_task_data
+
+            c = self.cfg.data
+            self._data[task] = load_task_data(task, self.spec.input_shape, c.source, split_seed=c.split_seed,
+                                              val_fraction=c.val_fraction, max_train=c.max_train,
+                                              max_eval=c.max_eval, normalization=c.normalization,
+                                              data_dir=c.data_dir)
+        d = self._data[task]
+        split = self.fs["split"]
+        if split not in ("train", "val", "test"):
+            raise UserError(f"fisher.split must be train, val or test, got '{split}'")
+        x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
+        m = self.fs["full_examples"] if full else self.fs["examples"]
+        if m <= 0:
+            raise UserError(f"--examples must be positive, got {m}")
+        return x[:m], y[:m], d
+
+    def _net_record(self, task, seed):
+        variables, meta = self.network(task, seed)
+        return {"task": task, "net": self.net, "seed": seed, "sha256": meta.get("sha256"),
+                "num_classes": int(meta.get("num_classes", 0))}
+
+    def _data_record(self, data_task):
+        _, _, d = self.data(data_task)
+        r = d.record()
+        return {k: r.get(k) for k in ("task", "dataset", "source", "split_seed", "val_fraction", "max_train",
+                                      "max_eval", "normalization")}
+
+    # -- Fisher diagonal
+    def fisher(self, net_task: str, data_task: str, seed: int):
+        """Diagonal Fisher of ``net_task``'s network (``seed``) on ``data_task``'s data; cached."""
+        import jax
+
+        from tanas_jax.fisher import fisher_diag
+
+        fs = self.fs
+        inputs = {"network": self._net_record(net_task, seed), "data": self._data_record(data_task),
+                  "split": fs["split"], "examples": fs["examples"], "estimator": fs["estimator"],
+                  "mc_samples": fs["mc_samples"] if fs["estimator"] == "mc" else None,
+                  "authors_fisher": fs["authors_fisher"], "version": 1}
+        key = f"{data_task}-s{seed}-{_digest(inputs)}"
+        if not self.recompute:
+            hit = self.bank.load_artifact(net_task, FISHER_KIND, key)
+            if hit is not None:
+                self.stats["cached"] += 1
+                return hit[0], hit[1]
+        variables, meta = self.network(net_task, seed)
+        x, y, _ = self.data(data_task)
+        apply = self.apply_fn(int(meta["num_classes"]))
+        t0 = time.perf_counter()
+        tree, info = fisher_diag(apply, variables, x, y, estimator=fs["estimator"], mc_samples=fs["mc_samples"],
+                                 rng=jax.random.PRNGKey(seed), method=fs["method"],
+                                 microbatch=fs["microbatch"], memory_budget=fs["memory_budget_mb"] * 2**20,
+                                 authors=fs["authors_fisher"], progress=False,
+                                 name=f"network {net_task} (seed {seed}) on {data_task} data", return_info=True)
+        tree = jax.tree_util.tree_map(np.asarray, tree)
+        dt = time.perf_counter() - t0
+        self.stats["computed"] += 1
+        self.stats["fisher_seconds"] += dt
+        meta_out = {"inputs": inputs, "info": info, "examples": int(x.shape[0]), "seconds": dt}
+        self.bank.save_artifact(net_task, FISHER_KIND, key, tree, meta_out)
+        return tree, meta_out
+
+    # -- full spectra
+    def gram_eigs(self, net_task: str, data_task: str, seed: int, head: str):
+        from tanas_jax.fisher import gram_eigenvalues, gram_matrix
+        import jax
+
+        fs = self.fs
+        inputs = {"network": self._net_record(net_task, seed), "data": self._data_record(data_task),
+                  "split": fs["split"], "examples": fs["full_examples"], "estimator": fs["estimator"],
+                  "head": head, "version": 1}
+        key = f"{data_task}-s{seed}-{_digest(inputs)}"
+        if not self.recompute:
+            hit = self.bank.load_artifact(net_task, GRAM_KIND, key)
+            if hit is not None:
+                self.stats["cached"] += 1
+                return np.asarray(hit[0]["eigs"]), int(hit[1]["n"])
+        variables, meta = self.network(net_task, seed)
+        x, y, _ = self.data(data_task, full=True)
+        apply = self.apply_fn(int(meta["num_classes"]))
+        K, n = gram_matrix(apply, variables, x, y, estimator=fs["estimator"], rng=jax.random.PRNGKey(seed),
+                           microbatch=fs["microbatch"], memory_budget=fs["memory_budget_mb"] * 2**20,
+                           head="backbone" if head == "backbone" else "all")
+        eigs = gram_eigenvalues(K)
+        self.stats["computed"] += 1
+        self.bank.save_artifact(net_task, GRAM_KIND, key, {"eigs": eigs}, {"inputs": inputs, "n": n})
+        return eigs, n
+
+    def cross(self, base: str, target: str, seed: int, head: str):
+        """(tr F_bt, tr F_tt, ||A^T B||_*) for the full Fréchet distance; cached on the target."""
+        from tanas_jax.distance.frechet import nuclear_norm
+        from tanas_jax.fisher import cross_gram
+        import jax
+
+        fs = self.fs
+        inputs = {"base": self._net_record(base, seed), "target": self._net_record(target, seed),
+                  "data": self._data_record(target), "split": fs["split"], "examples": fs["full_examples"],
+                  "estimator": fs["estimator"], "head": head, "version": 1}
+        key = f"{base}-s{seed}-{_digest(inputs)}"
+        if not self.recompute:
+            hit = self.bank.load_artifact(target, CROSS_KIND, key)
+            if hit is not None:
+                self.stats["cached"] += 1
+                v = hit[0]
+                return float(v["tr_b"]), float(v["tr_t"]), float(v["nuclear"])
+        vb, mb = self.network(base, seed)
+        vt, mt = self.network(target, seed)
+        x, y, _ = self.data(target, full=True)
+        ab, at = self.apply_fn(int(mb["num_classes"])), self.apply_fn(int(mt["num_classes"]))
+        kw = dict(estimator=fs["estimator"], rng=jax.random.PRNGKey(seed), microbatch=fs["microbatch"],
+                  memory_budget=fs["memory_budget_mb"] * 2**20)
+        C = cross_gram(ab, vb, at, vt, x, y, head=head, **kw)
+        tr_b = float(np.trace(cross_gram(ab, vb, ab, vb, x, y, head=head, **kw)))
+        tr_t = float(np.trace(cross_gram(at, vt, at, vt, x, y, head=head, **kw)))
+        nuc = nuclear_norm(C)
+        self.stats["computed"] += 1
+        self.bank.save_artifact(target, CROSS_KIND, key,
+                                {"tr_b": np.float64(tr_b), "tr_t": np.float64(tr_t), "nuclear": np.float64(nuc)},
+                                {"inputs": inputs})
+        return tr_b, tr_t, nuc
+
+
+def pair_distance(store: FisherStore, base: str, target: str, seed: int, ds: dict) -> float:
+    """d[base, target] for one seed."""
+    from tanas_jax.distance import frechet, logdet
+
+    metric, spectrum = ds["metric"], ds["spectrum"]
+    if base == target:
+        return 0.0
+    names = (f"{base} net on {target} data", f"{target} net on {target} data")
+    if spectrum == "diag":
+        fb, _ = store.fisher(base, target, seed)
+        ft, _ = store.fisher(target, target, seed)
+        if metric == "logdet":
+            return logdet.logdet_distance_diag(fb, ft, sigma2=ds["sigma2"], normalization=ds["normalization"],
+                                               reduction=ds["reduction"], head=ds["head"], names=names)
+        return frechet.frechet_distance_diag(fb, ft, normalization=ds["normalization"],
+                                             reduction=ds["reduction"], head=ds["head"], names=names)
+    if ds["normalization"] != "network" or ds["reduction"] != "global":
+        raise UserError("full spectra support --normalization network and --reduction global only; "
+                        "use --spectrum diag for layer-wise options")
+    if metric == "logdet":
+        eb, nb = store.gram_eigs(base, target, seed, ds["head"])
+        et, nt = store.gram_eigs(target, target, seed, ds["head"])
+        if ds["head"] == "pad":  # zero-padded heads: both Fishers live in the larger space
+            nb = nt = max(nb, nt)
+        return logdet.logdet_distance_full(eb, nb, et, nt, sigma2=ds["sigma2"])
+    tr_b, tr_t, nuc = store.cross(base, target, seed, ds["head"])
+    return frechet.frechet_distance_full(tr_b, tr_t, nuc)
+
+
+def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progress: bool = True, log=print,
+                          recompute: bool = False) -> dict:
+    """Mean/std over ``seeds`` of d[b, t] for b, t in ``tasks`` (only columns ``targets`` if given).
+
+    Returns ``{'tasks', 'targets', 'seeds', 'mean', 'std', 'per_seed', 'settings', 'fisher', 'data',
+    'timing', 'cache'}``; matrices are nested lists (NaN where not computed).
+    """
+    from tqdm.auto import tqdm
+
+    from tanas_jax.distance.prepare import HEAD_MODES, NORMALIZATIONS, REDUCTIONS, check_sigma2
+
+    ds = distance_settings(cfg)
+    for name, val, valid in (("metric", ds["metric"], ("logdet", "frechet")), ("spectrum", ds["spectrum"], ("diag", "full")),
+                             ("normalization", ds["normalization"], NORMALIZATIONS),
+                             ("reduction", ds["reduction"], REDUCTIONS), ("head", ds["head"], HEAD_MODES)):
+        if val not in valid:
+            raise UserError(f"unknown {name} '{val}': valid: {', '.join(valid)}")
+    check_sigma2(ds["sigma2"])
+    tasks = list(tasks)
+    targets = list(tasks if targets is None else targets)
+    if not tasks:
+        raise UserError("no tasks given; pass --tasks SET or --bases SET")
+    store = FisherStore(bank, cfg, progress=progress, log=log, recompute=recompute)
+    k = len(tasks)
+    per_seed = np.full((len(seeds), k, k), np.nan)
+    t0 = time.perf_counter()
+    pairs = [(s, b, t) for s in range(len(seeds)) for t in targets for b in tasks]
+    # train / load every network first (training logs would break the bar)
+    for s in seeds:
+        for t in sorted(set(tasks) | set(targets)):
+            store.network(t, int(s))
+    bar = tqdm(pairs, desc=f"{ds['metric']} {ds['spectrum']} distances", disable=not progress, unit="pair")
+    for si, b, t in bar:
+        per_seed[si, tasks.index(b), tasks.index(t)] = pair_distance(store, b, t, int(seeds[si]), ds)
+    wall = time.perf_counter() - t0
+    mean = per_seed.mean(0)
+    std = per_seed.std(0) if len(seeds) > 1 else np.zeros_like(mean)
+    from tanas_jax.tasks import get_task
+
+    result = {
+        "tasks": tasks, "targets": targets, "seeds": [int(s) for s in seeds], "net": store.net,
+        "mean": _lists(mean), "std": _lists(std), "per_seed": [_lists(m) for m in per_seed],
+        "layout": "d[row=base][column=target]",
+        "settings": ds, "fisher": store.fs,
+        "datasets": {t: get_task(t).dataset for t in set(tasks) | set(targets)},
+        "data": {t: store._data_record(t) for t in sorted(set(targets))},
+        "timing": {"wall_s": wall, "fisher_s": store.stats["fisher_seconds"]},
+        "cache": {"computed": store.stats["computed"], "reused": store.stats["cached"]},
+    }
+    result["closest"] = {t: rank_bases(result, t)[0][0] for t in targets if len(tasks) > 1}
+    same = [t for t, b in result["closest"].items() if result["datasets"][b] == result["datasets"][t]]
+    result["same_dataset_closest"] = {"count": len(same), "of": len(result["closest"]), "targets": same}
+    return result
+
+
+def _lists(m):
+    return [[(None if not np.isfinite(v) else float(v)) for v in row] for row in np.asarray(m)]
+
+
+def rank_bases(result: dict, target: str) -> list[tuple[str, float, float]]:
+    """Bases sorted by mean distance to ``target`` (closest first), target itself excluded."""
+    tasks = result["tasks"]
+    if target not in tasks:
+        raise UserError(f"target {target} is not in the table; tasks: {', '.join(tasks)}")
+    j = tasks.index(target)
+    rows = []
+    for i, b in enumerate(tasks):
+        if b == target:
+            continue
+        m, s = result["mean"][i][j], result["std"][i][j]
+        if m is None:
+            continue
+        rows.append((b, float(m), float(s or 0.0)))
+    return sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+def write_csv(path: str, result: dict, which: str = "mean") -> str:
+    """Matrix as CSV: header ``base\\target,t1,...``; one row per base task."""
+    from tanas_jax.bank import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    tasks = result["tasks"]
+    w.writerow(["base\\target"] + tasks)
+    for b, row in zip(tasks, result[which]):
+        w.writerow([b] + ["" if v is None else f"{v:.6g}" for v in row])
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
+def plot_heatmap(path: str, result: dict, title: str | None = None) -> str:
+    """Mean and std side by side (LD-NAS Figure 1); column = target task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tanas_jax.bank import atomic_write_bytes
+
+    tasks = result["tasks"]
+    k = len(tasks)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * max(4.0, 0.9 * k + 2), max(3.5, 0.7 * k + 1.5)))
+    for ax, which in zip(axes, ("mean", "std")):
+        m = np.array([[np.nan if v is None else v for v in row] for row in result[which]], float)
+        im = ax.imshow(m, cmap="viridis")
+        ax.set_xticks(range(k), tasks, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(k), tasks, fontsize=7)
+        ax.set_xlabel("target task")
+        ax.set_ylabel("base task")
+        ax.set_title(which)
+        fin = m[np.isfinite(m)]
+        thr = (fin.max() + fin.min()) / 2 if fin.size else 0
+        for i in range(k):
+            for j in range(k):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
+                            color="black" if m[i, j] > thr else "white")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    s = result.get("settings", {})
+    fig.suptitle(title or f"{s.get('metric')} ({s.get('spectrum')}) distance, {result.get('net')}, "
+                 f"{len(result.get('seeds', []))} seeds")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
+    """CSV (mean, std) and heatmap PNG next to result.json; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    return {"csv_mean": write_csv(os.path.join(out_dir, f"{stem}_mean.csv"), result, "mean"),
+            "csv_std": write_csv(os.path.join(out_dir, f"{stem}_std.csv"), result, "std"),
+            "heatmap": plot_heatmap(os.path.join(out_dir, f"{stem}_heatmap.png"), result)}
