@@ -282,12 +282,12 @@ SHARD_SCRIPT = textwrap.dedent("""
         for method in methods:
             one = fisher_diag(apply, variables, x, y, method=method, microbatch=4, devices=jax.devices()[:1])
             four = fisher_diag(apply, variables, x, y, method=method, microbatch=4)
-            assert_tree_close(four, one, rtol=1e-6)
+            assert_tree_close(four, one, rtol=1e-5)
     one = fisher_diag(apply, variables, x, y, authors=True, microbatch=4, devices=jax.devices()[:1])
-    assert_tree_close(fisher_diag(apply, variables, x, y, authors=True, microbatch=4), one, rtol=1e-6)
+    assert_tree_close(fisher_diag(apply, variables, x, y, authors=True, microbatch=4), one, rtol=1e-5)
     mc1 = fisher_diag(apply, variables, x, estimator="mc", microbatch=4, devices=jax.devices()[:1])
     mc4 = fisher_diag(apply, variables, x, estimator="mc", microbatch=4)
-    assert_tree_close(mc4, mc1, rtol=1e-6)
+    assert_tree_close(mc4, mc1, rtol=1e-5)
     print("SHARDED_OK")
 """)
 
