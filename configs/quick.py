@@ -101,4 +101,5 @@ def get_config():
     c.tanas.target = "fashion_4class"      # held out of the bases when it is one of them
     c.tanas.metric = "logdet"
     c.tanas.top_k = 1
+    c.tanas.full_table_max = 10            # full K x K table up to this many tasks, else the target column
     return c

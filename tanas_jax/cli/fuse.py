@@ -46,21 +46,17 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s)
 
 
-def closest_fn_for(bank, cfg):
+def closest_fn_for(bank, cfg, log=print):
     """Ranking of base tasks for ``from:closest``: ``tanas_jax.distance.closest_bases``.
 
-    Expected signature: ``closest_bases(bank, target, metric=...) -> [task, ...]``
-    (closest first), from distances already computed into the bank.
+    Bases are ``cfg.tanas.bases`` minus the target, ranked by ``cfg.tanas.metric``
+    (Fishers and networks come from the bank, computed when missing).
     """
     def fn(target):
-        from tanas_jax.errors import UserError
+        from tanas_jax.distance import closest_bases
 
-        try:
-            from tanas_jax.distance import closest_bases
-        except ImportError:
-            raise UserError("--space from:closest needs tanas_jax.distance.closest_bases, which this version "
-                            "lacks; use --space from:TASK with the closest task from `bin/distance`") from None
-        return list(closest_bases(bank, target, metric=cfg.tanas.metric))
+        cfg.distance.metric = cfg.tanas.metric if cfg.tanas.metric != "transform" else cfg.distance.metric
+        return list(closest_bases(bank, target, cfg, metric=cfg.tanas.metric, log=log))
 
     return fn
 
@@ -87,7 +83,7 @@ def run(argv) -> int:
         [args.space or cfg.search.space]
     if not methods:
         raise UserError("--compare is empty; give e.g. standard,from:task7,random")
-    closest = closest_fn_for(bank, cfg)
+    closest = closest_fn_for(bank, cfg, log)
     spaces = {}
     for m in methods:  # resolve every space before any work: bad input fails fast
         spec = args.random_space if m == "random" else m
