@@ -42,4 +42,18 @@ def get_config():
     c.fuse.skeleton = "darts"
     c.search.input_shape = (32, 32, 3)     # LD-NAS: MNIST padded to 32, 3 channels
     c.search.max_train = None
+    # DARTS search schedule (50 epochs x ~390 steps of 64 on CIFAR-sized data), DARTS' rates
+    c.search.darts.skeleton = "darts"
+    c.search.darts.steps = 20000
+    c.search.darts.batch_size = 64
+    c.search.darts.w_optimizer = "sgd"
+    c.search.darts.learning_rate = 0.025
+    c.search.darts.weight_decay = 3e-4
+    c.search.darts.arch_learning_rate = 3e-4
+    c.search.darts.unroll_lr = 0.025
+    c.search.darts.history_every = 100
+    c.search.darts.checkpoint_every = 400
+    c.search.darts.final_steps = 40000
+    c.search.darts.input_shape = (32, 32, 3)
+    c.search.darts.mixed_impl = "grouped"  # C=16..64: the block-diagonal dense conv costs C x the flops
     return c

@@ -95,6 +95,36 @@ def get_config():
     c.search.input_shape = (28, 28, 3)     # MNIST-family 28 px, grey repeated to 3 channels
     c.search.max_train = 3000              # cap on the target's train split for the search
     c.search.write_bank = True             # store the winner as the target's genotype
+    # DARTS / TETLO (tanas_jax/search/darts.py, tetlo.py; bin/search); fields = SearchConfig's
+    c.search.darts = ml_collections.ConfigDict()
+    c.search.darts.skeleton = "tiny"       # supernet skeleton (C >= 2): tiny | small | darts | dict
+    c.search.darts.steps = 60              # iterations: one beta step (val) + one weight step (train)
+    c.search.darts.warmup_steps = 0        # weight-only iterations first
+    c.search.darts.batch_size = 32
+    c.search.darts.w_optimizer = "adam"    # adam | sgd (momentum 0.9, DARTS)
+    c.search.darts.learning_rate = 1e-3
+    c.search.darts.weight_decay = 0.0
+    c.search.darts.arch_learning_rate = 3e-3   # Adam(b1=0.5) on beta, DARTS' 3e-4 scaled to few steps
+    c.search.darts.arch_weight_decay = 1e-3
+    c.search.darts.unroll_lr = 0.01        # xi of the unrolled weight step (darts2, tetlo)
+    c.search.darts.beta_init_std = 1e-3
+    c.search.darts.history_every = 5
+    c.search.darts.checkpoint_every = 20
+    c.search.darts.final_steps = 300       # derived cell trained from scratch, then tested once
+    c.search.darts.final_learning_rate = 1e-3
+    c.search.darts.eval_batch_size = 500
+    # MNIST digits sit in the central 20x20 box: the crop halves the supernet's CPU cost
+    c.search.darts.input_shape = (20, 20, 1)
+    c.search.darts.mixed_impl = "dense"    # dense | grouped | ops: depthwise convs inside the supernet
+    c.search.darts.tetlo = ml_collections.ConfigDict()
+    c.search.darts.tetlo.aux_channels = (16, 32)   # auxiliary CNN widths
+    c.search.darts.tetlo.aux_learning_rate = 1e-3
+    c.search.darts.tetlo.aux_unroll_lr = 0.01
+    c.search.darts.tetlo.qrs_weight = 1.0          # gamma: aux loss = CE + gamma * QRS
+    c.search.darts.tetlo.quadruples = 64
+    c.search.darts.tetlo.qrs_margin = 0.0
+    c.search.darts.tetlo.qrs_temperature = 0.05
+    c.search.darts.tetlo.main_weight = 1.0         # lambda: stage 3 = L_val(V') + lambda L_val(W')
 
     c.tanas = ml_collections.ConfigDict()
     c.tanas.bases = "offline8"
