@@ -24,17 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="task set or comma-separated tasks for a K x K table")
     p.add_argument("--target", default=None, help="rank the --bases by distance to this target task")
     p.add_argument("--bases", default=None, help="base tasks for --target (default: config tanas.bases)")
-    p.add_argument("--metric", choices=METRICS, default=None, help="default: config distance.metric")
-    p.add_argument("--spectrum", choices=("diag", "full"), default=None,
+    p.add_argument("--metric", default=None, help="logdet | frechet | transform (default: config distance.metric)")
+    p.add_argument("--spectrum", default=None,
                    help="diag: diagonal Fisher; full: exact full-matrix spectra via Gram matrices")
     p.add_argument("--repeats", type=int, default=None, help="networks per task, seeds 0..R-1 (default: bank.seeds)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --repeats)")
     p.add_argument("--sigma2", type=float, default=None, help="sigma^2 of the log-det (authors: 1e-10)")
-    p.add_argument("--normalization", choices=("network", "layer"), default=None,
+    p.add_argument("--normalization", default=None,
                    help="unit total per network (authors) or an equal share per layer")
-    p.add_argument("--reduction", choices=("global", "per_layer"), default=None,
+    p.add_argument("--reduction", default=None,
                    help="global: paper eq. (2); per_layer: |.| per layer as in the authors' code")
-    p.add_argument("--head", choices=("pad", "backbone"), default=None,
+    p.add_argument("--head", default=None,
                    help="heads of different class counts: zero-pad (authors) or compare backbones only")
     p.add_argument("--top", type=int, default=None, help="with --target: print this many closest bases")
     add_fisher_args(p)
@@ -42,16 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+VALID = {"metric": METRICS, "spectrum": ("diag", "full"), "normalization": ("network", "layer"),
+         "reduction": ("global", "per_layer"), "head": ("pad", "backbone")}
+
+
 def _apply_distance_args(cfg, args):
+    """Command-line settings into ``cfg.distance``; bad names are one-line user errors (not argparse's two)."""
+    from tanas_jax.errors import UserError, did_you_mean
+
     d = cfg.distance
     for name in ("metric", "spectrum", "sigma2", "normalization", "reduction", "head"):
         v = getattr(args, name)
         if v is not None:
             d[name] = v
+    for name, valid in VALID.items():
+        if str(d[name]) not in valid:
+            raise UserError(f"unknown {name} '{d[name]}': {did_you_mean(str(d[name]), valid)}")
 
 
 def run(argv) -> int:
-    from tanas_jax.distance.table import fisher_distance_table, rank_bases, write_outputs
+    from tanas_jax.distance.table import fisher_distance_table, rank_target, write_outputs
     from tanas_jax.errors import UserError
     from tanas_jax.tasks import canonical, resolve_tasks
 
@@ -62,7 +72,10 @@ def run(argv) -> int:
     if args.sigma2 is not None and not args.sigma2 > 0:
         raise UserError(f"--sigma2 must be positive, got {args.sigma2}; the authors use 1e-10")
     if args.seeds:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
     elif args.repeats is not None:
         if args.repeats < 1:
             raise UserError(f"--repeats must be >= 1, got {args.repeats}")
@@ -71,11 +84,7 @@ def run(argv) -> int:
         seeds = [int(s) for s in cfg.bank.seeds]
     target = canonical(args.target) if args.target else None
     if target:
-        bases = resolve_tasks(args.bases or cfg.tanas.bases)
-        bases = [b for b in bases if b != target]
-        if not bases:
-            raise UserError("no base tasks left after removing the target; give --bases with other tasks")
-        tasks, targets = bases + [target], [target]
+        resolve_tasks(args.bases or cfg.tanas.bases)   # bad names fail before any work
     else:
         if not args.tasks:
             raise UserError("give --tasks SET for a table, or --target T [--bases SET] for a ranking")
@@ -85,7 +94,10 @@ def run(argv) -> int:
     bank = open_bank(args)
     metric = cfg.distance.metric
     progress = not args.no_progress
-    if metric == "transform":
+    if target:
+        ranked, result = rank_target(bank, target, cfg, bases=args.bases, metric=metric, seeds=seeds,
+                                     progress=progress, recompute=args.recompute)
+    elif metric == "transform":
         try:
             from tanas_jax.distance.transform import transform_distance_table
         except ImportError as e:  # another engineer's module
@@ -99,7 +111,6 @@ def run(argv) -> int:
     s = result.get("settings", {})
     label = f"{metric}" + (f" ({s.get('spectrum')})" if metric != "transform" else "")
     if target:
-        ranked = rank_bases(result, target)
         top = ranked[: args.top] if args.top else ranked
         print(f"closest base tasks to {target} by {label} distance ({len(seeds)} seeds):")
         print_table([{"rank": i + 1, "base": b, "mean": m, "std": sd} for i, (b, m, sd) in enumerate(top)],

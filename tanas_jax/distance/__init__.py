@@ -2,7 +2,8 @@
 
 * :mod:`tanas_jax.distance.logdet` — LD-NAS eq. (1)/(2), diagonal and full spectra.
 * :mod:`tanas_jax.distance.frechet` — slides eq. (8) (diagonal) and (7) (full).
-* :mod:`tanas_jax.distance.table` — K x K tables over seeds, CSV, heatmap, ranking.
+* :mod:`tanas_jax.distance.table` — K x K tables over seeds, CSV, heatmap, ranking,
+  :func:`closest_bases` (bases ordered by distance to a target).
 * :mod:`tanas_jax.distance.transform` — transform-network distance (TA-NAS),
   imported lazily (it pulls optax training code).
 """
@@ -11,6 +12,7 @@ from tanas_jax.distance.logdet import (  # noqa: F401
     logdet_distance_diag, logdet_distance_eq1_diag, logdet_distance_full, logdet_full,
 )
 from tanas_jax.distance.prepare import HEAD_MODES, NORMALIZATIONS, REDUCTIONS, align  # noqa: F401
+from tanas_jax.distance.table import closest_bases, rank_target  # noqa: F401
 
 METRICS = ("logdet", "frechet", "transform")
 SPECTRA = ("diag", "full")

@@ -79,6 +79,10 @@ class FisherStore:
         self.net = cfg.train.net
         self.spec = models.get_net(self.net)
         self.fs = fisher_settings(cfg)
+        for k in ("examples", "full_examples"):   # fail before any network is trained
+            if self.fs[k] <= 0:
+                raise UserError(f"--examples must be positive, got {self.fs[k]}" if k == "examples" else
+                                f"fisher.full_examples must be positive, got {self.fs[k]}")
         self._nets: dict = {}
         self._data: dict = {}
         self._apply: dict = {}
@@ -91,8 +95,30 @@ class FisherStore:
             from tanas_jax.train import ensure_network
 
             variables, meta = ensure_network(self.bank, task, seed, self.cfg, progress=self.progress, log=self.log)
+            self._check_shapes(task, seed, variables, meta)
             self._nets[key] = (variables, meta)
         return self._nets[key]
+
+    def _check_shapes(self, task, seed, variables, meta):
+        """A banked network whose parameters do not fit ``self.net`` is a user error, not a flax traceback."""
+        import jax
+
+        from tanas_jax import models
+        from tanas_jax.fisher import leaf_names
+
+        nc = int(meta.get("num_classes", 0) or 0)
+        if nc < 2:
+            raise UserError(f"the bank's {self.net} network for task {task} (seed {seed}) records no class count; "
+                            "retrain it with bin/train --retrain")
+        want = jax.eval_shape(lambda: models.init(self.net, nc, jax.random.PRNGKey(0)))
+        got_p, want_p = variables.get("params", {}), want.get("params", {})
+        got = dict(zip(leaf_names(got_p), (a.shape for a in jax.tree_util.tree_leaves(got_p))))
+        exp = dict(zip(leaf_names(want_p), (a.shape for a in jax.tree_util.tree_leaves(want_p))))
+        for name in sorted(set(got) | set(exp)):
+            if got.get(name) != exp.get(name):
+                raise UserError(f"Fishers of incompatible networks: the bank's network for task {task} (seed {seed}) "
+                                f"does not fit net {self.net}: layer {name} has shape {got.get(name)}, expected "
+                                f"{exp.get(name)}; retrain it (bin/train --task {task} --retrain) or use its --net")
 
     def apply_fn(self, num_classes: int):
         if num_classes not in self._apply:
@@ -390,3 +416,79 @@ def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
     return {"csv_mean": write_csv(os.path.join(out_dir, f"{stem}_mean.csv"), result, "mean"),
             "csv_std": write_csv(os.path.join(out_dir, f"{stem}_std.csv"), result, "std"),
             "heatmap": plot_heatmap(os.path.join(out_dir, f"{stem}_heatmap.png"), result)}
+
+
+def _transform_column(bank, bases, target, cfg, seeds, progress, log) -> dict:
+    """Transform distances d(b -> target) for every base, as a table over ``bases + [target]``.
+
+    ``transform_distance_table`` computes whole K x K tables; when it accepts
+    ``targets=`` only the target column is computed, otherwise one 2 x 2
+    table per base (the target's own pair is cached in the bank after the
+    first), which is ~3 pairs per base instead of K + 1.
+    """
+    import inspect
+
+    from tanas_jax.distance.transform import transform_distance_table
+
+    tasks = list(bases) + [target]
+    if "targets" in inspect.signature(transform_distance_table).parameters:
+        return transform_distance_table(bank, tasks, cfg, seeds=seeds, targets=[target], progress=progress,
+                                        log=log)
+    k = len(tasks)
+    mean, std = np.full((k, k), np.nan), np.full((k, k), np.nan)
+    per_seed = np.full((len(seeds), k, k), np.nan)
+    for i, b in enumerate(bases):
+        r = transform_distance_table(bank, [b, target], cfg, seeds=seeds, progress=progress, log=log)
+        mean[i, k - 1], std[i, k - 1] = r["mean"][0][1], r["std"][0][1]
+        per_seed[:, i, k - 1] = np.asarray(r["per_seed"])[:, 0, 1]
+    mean[k - 1, k - 1] = std[k - 1, k - 1] = 0.0
+    return {"tasks": tasks, "targets": [target], "seeds": [int(s) for s in seeds], "mean": _lists(mean),
+            "std": _lists(std), "per_seed": [_lists(m) for m in per_seed], "settings": {"metric": "transform"}}
+
+
+def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None, seeds=None,
+                progress: bool = False, log=print, recompute: bool = False) -> tuple[list, dict]:
+    """``(ranked, table)``: bases sorted by distance to ``target`` (closest first) and the table used.
+
+    ``ranked`` is a list of ``(base, mean, std)`` over ``seeds``; see :func:`closest_bases`.
+    """
+    from tanas_jax.tasks import canonical, resolve_tasks
+
+    target = canonical(target)
+    bases = [b for b in resolve_tasks(cfg.tanas.bases if bases is None else bases) if b != target]
+    if not bases:
+        raise UserError(f"no base tasks left after removing the target {target}; give other bases")
+    metric = metric or str(_get(_section(cfg, "distance"), "metric", "logdet"))
+    if seeds is None:
+        seeds = [int(s) for s in cfg.bank.seeds]
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise UserError("no seeds given; pass at least one network seed")
+    if metric == "transform":
+        table = _transform_column(bank, bases, target, cfg, seeds, progress, log)
+    elif metric in ("logdet", "frechet"):
+        if str(_get(_section(cfg, "distance"), "metric", "logdet")) != metric:
+            cfg = cfg.copy_and_resolve_references()
+            cfg.distance.metric = metric
+        table = fisher_distance_table(bank, bases + [target], cfg, seeds, targets=[target], progress=progress,
+                                      log=log, recompute=recompute)
+    else:
+        raise UserError(f"unknown metric '{metric}': valid: logdet, frechet, transform")
+    return rank_bases(table, target), table
+
+
+def closest_bases(bank, target: str, cfg, *, bases=None, metric: str | None = None, seeds=None,
+                  log=print) -> list[str]:
+    """Base tasks ordered by distance to ``target``, closest first (TA-NAS Algorithm 1, step 2).
+
+    ``bases``: a task-set name, a list of tasks, or None for ``cfg.tanas.bases``;
+    the target is always removed.  ``metric``: ``logdet`` | ``frechet`` (Fisher
+    distances with ``cfg.distance``'s spectrum, σ², normalisation, head, on
+    ``cfg.fisher``'s estimator) or ``transform`` (TA-NAS transform network);
+    default ``cfg.distance.metric``.  ``seeds``: network seeds averaged over
+    (default ``cfg.bank.seeds``).  Networks missing from the bank are trained
+    and banked; Fishers / transform pairs are cached there.  Ties are broken
+    by task name, so the order is deterministic.
+    """
+    ranked, _ = rank_target(bank, target, cfg, bases=bases, metric=metric, seeds=seeds, log=log)
+    return [b for b, _, _ in ranked]

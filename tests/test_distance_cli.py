@@ -1,0 +1,212 @@
+"""bin/fisher and bin/distance end to end on a tiny bank over the real bundled MNIST subset.
+
+One module-scoped bank (3 MNIST tasks, 1 seed, 1 epoch on 300 examples, 64 Fisher examples) is
+shared by the tests below; each check runs the real commands in subprocesses.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+TINY = ["--set", "train.epochs=1", "--set", "data.max_train=300", "--set", "data.max_eval=200",
+        "--set", "fisher.examples=64", "--set", "fisher.full_examples=32", "--no-progress"]
+TASKS = ["mnist_digit0", "mnist_digit6", "mnist_10way"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distance_cli")
+    return {"bank": str(root / "bank"), "root": root}
+
+
+def _ok(r):
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def _read_csv(path):
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    return header[1:], [r[0] for r in body], np.array([[float(v) for v in r[1:]] for r in body])
+
+
+def test_fisher_cli_computes_then_reuses(tiny):
+    out = str(tiny["root"] / "fisher")
+    r = _ok(run_cli("fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", tiny["bank"],
+                    "--out", out, *TINY))
+    res = json.load(open(f"{out}/result.json"))
+    assert res["net_task"] == "mnist_digit6" and res["data_task"] == "mnist_digit0" and not res["cached"]
+    assert res["meta"]["examples"] == 64 and res["trace"] > 0
+    assert abs(sum(layer["share"] for layer in res["layers"]) - 1) < 1e-5
+    assert res["provenance"]["versions"]["jax"]
+    # rerun: the Fisher comes from the bank (same trace), nothing is trained again
+    r = _ok(run_cli("fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", tiny["bank"],
+                    "--out", out, *TINY))
+    assert "reused from the bank" in r.stdout and "test accuracy" not in r.stdout
+    res2 = json.load(open(f"{out}/result.json"))
+    assert res2["cached"] and res2["trace"] == pytest.approx(res["trace"], rel=1e-6)
+
+
+def test_distance_table_files_agree_and_rerun_reuses(tiny):
+    out = str(tiny["root"] / "table")
+    r = _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--bank", tiny["bank"],
+                    "--out", out, *TINY))
+    res = json.load(open(f"{out}/result.json"))
+    assert res["tasks"] == TASKS and res["layout"] == "d[row=base][column=target]"
+    assert res["settings"]["metric"] == "logdet" and res["settings"]["spectrum"] == "diag"
+    mean = np.array(res["mean"], float)
+    assert mean.shape == (3, 3) and np.all(np.diag(mean) == 0) and np.all(mean[~np.eye(3, dtype=bool)] > 0)
+    # CSV and heatmap exist and agree with the JSON
+    for key in ("csv_mean", "csv_std", "heatmap"):
+        assert os.path.getsize(res["files"][key]) > 0, key
+    cols, rows, m = _read_csv(res["files"]["csv_mean"])
+    assert cols == rows == TASKS
+    np.testing.assert_allclose(m, mean, rtol=1e-5)
+    assert open(res["files"]["heatmap"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert res["provenance"]["versions"]["jax"] and res["data"]["mnist_digit0"]["source"].startswith("bundled")
+    # the Fisher from test_fisher_cli (digit6's net on digit0's data) was reused
+    # 6 off-diagonal pairs x 2 Fishers = 12 requests, 9 distinct, 1 of them already banked
+    assert res["cache"] == {"computed": 8, "reused": 4}
+    assert "closest base from the same dataset for 3 of 3 targets" in r.stdout
+    # rerun: every Fisher from the bank, the same numbers
+    _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--bank", tiny["bank"],
+                "--out", out, *TINY))
+    res2 = json.load(open(f"{out}/result.json"))
+    assert res2["cache"] == {"computed": 0, "reused": 12}
+    np.testing.assert_allclose(np.array(res2["mean"], float), mean, rtol=1e-6)
+    tiny["table"] = res
+
+
+def test_distance_target_ranking_matches_table(tiny):
+    if "table" not in tiny:
+        pytest.skip("needs the table test's bank")
+    out = str(tiny["root"] / "rank")
+    r = _ok(run_cli("distance", "--target", "mnist_digit0", "--bases", "mnist_digit6,mnist_10way,mnist_digit0",
+                    "--metric", "logdet", "--bank", tiny["bank"], "--out", out, *TINY))
+    res = json.load(open(f"{out}/result.json"))
+    table = tiny["table"]
+    col = {b: table["mean"][i][0] for i, b in enumerate(TASKS) if b != "mnist_digit0"}
+    expect = sorted(col, key=col.get)
+    assert [row["base"] for row in res["ranking"]] == expect          # the target itself is dropped
+    for row in res["ranking"]:
+        assert row["mean"] == pytest.approx(col[row["base"]], rel=1e-6)
+    assert res["cache"]["computed"] == 0                                # all cached
+    lines = r.stdout.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("closest base tasks to mnist_digit0"))
+    assert lines[i + 3].split()[:2] == ["1", expect[0]]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--tasks", "mnist_digit0,mnist_digit6", "--sigma2", "0"], "sigma2 must be positive"),
+    (["--tasks", "mnist_digit0,mnist_digit6", "--sigma2=-1e-3"], "sigma2 must be positive"),
+    (["--tasks", "mnist_digit0,mnist_digit6", "--metric", "logdt"], "unknown metric 'logdt'"),
+    (["--tasks", "mnist_digit0,mnist_digit6", "--spectrum", "ful"], "unknown spectrum 'ful'"),
+    (["--tasks", "mnist_digit0,nosuch"], "unknown task 'nosuch'"),
+    (["--target", "nosuch", "--bases", "mnist_digit0"], "unknown task 'nosuch'"),
+    (["--target", "mnist_digit0", "--bases", "mnist_digit0"], "no base tasks left"),
+    (["--tasks", "mnist_digit0,mnist_digit6", "--seeds", "0,x"], "--seeds must be"),
+    (["--tasks", "mnist_digit0,mnist_digit6", "--set", "distance.sigma2=0.0"], "sigma2 must be a positive"),
+])
+def test_distance_cli_bad_input_is_one_line(tmp_path, capsys, argv, msg):
+    # in-process (the same cli_main wrapper as bin/distance); one real subprocess below
+    from tanas_jax.cli.distance import main
+
+    assert main([*argv, "--bank", str(tmp_path / "bank"), *TINY]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
+    assert not os.path.exists(tmp_path / "bank" / "tasks")   # nothing trained
+
+
+def test_distance_cli_bad_sigma2_subprocess(tmp_path):
+    r = run_cli("distance", "--tasks", "offline8", "--sigma2", "0", "--bank", str(tmp_path / "bank"), *TINY)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --sigma2 must be positive, got 0.0; the authors use 1e-10"], r.stderr
+
+
+def test_incompatible_networks_are_one_line(tiny, tmp_path, capsys):
+    """A banked network whose parameters do not fit the configured net: one line, exit 2, no traceback."""
+    import jax
+
+    from tanas_jax import models
+    from tanas_jax.bank import Bank
+
+    bank = Bank(str(tmp_path / "bank"))
+    wrong = models.init("tanas_cnn", 2, jax.random.PRNGKey(0))       # stored under small_cnn's name
+    bank.save_network("mnist_digit6", "small_cnn", 0, wrong, {"num_classes": 2})
+    r = run_cli("fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", bank.root, *TINY)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "incompatible networks" in lines[0] and "mnist_digit6" in lines[0], r.stderr
+    from tanas_jax.cli.fisher import main
+
+    assert main(["--task", "mnist_digit0", "--examples", "0", "--bank", str(tmp_path / "b2"), *TINY]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --examples must be positive, got 0"]
+    assert not os.path.exists(tmp_path / "b2" / "tasks")
+
+
+def _tiny_cfg(**extra):
+    from tanas_jax.cli.common import load_config
+
+    sets = [TINY[i + 1] for i in range(len(TINY)) if TINY[i] == "--set"]
+    return load_config("quick", sets + [f"{k}={v!r}" for k, v in extra.items()])
+
+
+def test_closest_bases_orders_by_the_table(tiny):
+    """closest_bases = the table's target column sorted; default bases = tanas.bases minus the target."""
+    if "table" not in tiny:
+        pytest.skip("needs the table test's bank")
+    from tanas_jax.bank import Bank
+    from tanas_jax.distance import closest_bases
+
+    bank = Bank(tiny["bank"])
+    cfg = _tiny_cfg(**{"tanas.bases": ",".join(TASKS)})
+    table = tiny["table"]
+    for j, target in enumerate(TASKS):
+        col = {b: table["mean"][i][j] for i, b in enumerate(TASKS) if b != target}
+        logs = []
+        got = closest_bases(bank, target, cfg, log=logs.append)
+        assert got == sorted(col, key=col.get) and logs == []      # nothing trained, all cached
+    # explicit bases (aliases, a set name string or a list), seeds and metric
+    assert closest_bases(bank, "mnist_digit0", cfg, bases=["mnist_10way"]) == ["mnist_10way"]
+    fr = closest_bases(bank, "mnist_digit0", cfg, bases="mnist_digit6,mnist_10way", metric="frechet", seeds=[0])
+    assert sorted(fr) == ["mnist_10way", "mnist_digit6"]
+    assert cfg.distance.metric == "logdet"                         # the caller's config is untouched
+    from tanas_jax.errors import UserError
+
+    with pytest.raises(UserError, match="no base tasks left"):
+        closest_bases(bank, "mnist_digit0", cfg, bases=["mnist_digit0"])
+    with pytest.raises(UserError, match="unknown metric"):
+        closest_bases(bank, "mnist_digit0", cfg, metric="cosine")
+
+
+def test_closest_bases_transform_dispatch(monkeypatch, tmp_path):
+    """metric='transform' ranks by transform_distance_table's d(base -> target) column."""
+    import tanas_jax.distance.transform as tr
+    from tanas_jax.bank import Bank
+    from tanas_jax.distance import closest_bases
+
+    d = {("mnist_digit6", "mnist_digit0"): 0.3, ("mnist_10way", "mnist_digit0"): 0.1,
+         ("mnist_digit3", "mnist_digit0"): 0.2}
+    calls = []
+
+    def fake(bank, tasks, cfg, seeds=(0,), progress=True, log=print, **kw):
+        calls.append(list(tasks))
+        k = len(tasks)
+        mean = [[0.0 if a == b else d.get((a, b), 9.0) for b in tasks] for a in tasks]
+        return {"tasks": tasks, "seeds": list(seeds), "mean": mean, "std": [[0.0] * k for _ in tasks],
+                "per_seed": [mean for _ in seeds]}
+
+    monkeypatch.setattr(tr, "transform_distance_table", fake)
+    cfg = _tiny_cfg(**{"tanas.bases": "mnist_digit6,mnist_10way,mnist_digit3,mnist_digit0"})
+    got = closest_bases(Bank(str(tmp_path / "b")), "mnist_digit0", cfg, metric="transform")
+    assert got == ["mnist_10way", "mnist_digit3", "mnist_digit6"]
+    assert all(c[-1] == "mnist_digit0" for c in calls)
