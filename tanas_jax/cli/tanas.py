@@ -122,8 +122,10 @@ class Pipeline:
                                           targets=None if full else [self.target], progress=self.progress,
                                           log=self.log)
             c = table.get("cache", {})
-            (self.reused if c.get("reused") else self.computed).append(
-                f"Fisher spectra: {c.get('reused', 0)} reused, {c.get('computed', 0)} computed")
+            if c.get("reused"):
+                self.reused.append(f"{c['reused']} Fisher spectra")
+            if c.get("computed"):
+                self.computed.append(f"{c['computed']} Fisher spectra")
         t = tasks_all.index(self.target)
         col = [(table["mean"][i][t], b) for i, b in enumerate(tasks_all) if b != self.target]
         ranking = [b for _, b in sorted(col)]
@@ -339,8 +341,10 @@ def _heatmap(path: str, dist: dict, target: str, closest: list[str], metric: str
 
     mean = arr(dist["table"]["mean"])
     std = arr(dist["table"]["std"]) if dist["table"].get("std") is not None else np.zeros_like(mean)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), dpi=100)
-    for ax, mat, title in ((axes[0], mean, "mean"), (axes[1], std, "std over seeds")):
+    n_seeds = len(dist["table"].get("seeds", [])) or 1
+    panels = [(mean, "mean")] + ([(std, f"std over {n_seeds} seeds")] if n_seeds > 1 else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), dpi=100, squeeze=False)
+    for ax, (mat, title) in zip(axes[0], panels):
         im = ax.imshow(mat, cmap="viridis")
         ax.set_xticks(range(len(tasks_all)), tasks_all, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(tasks_all)), tasks_all, fontsize=7)
@@ -350,7 +354,7 @@ def _heatmap(path: str, dist: dict, target: str, closest: list[str], metric: str
         for i in range(len(tasks_all)):
             for j in range(len(tasks_all)):
                 if np.isfinite(mat[i, j]):
-                    ax.text(j, i, f"{mat[i, j]:.2g}", ha="center", va="center", fontsize=5, color="w")
+                    ax.text(j, i, f"{mat[i, j]:.2g}", ha="center", va="center", fontsize=7, color="w")
         t = tasks_all.index(target)
         for b in closest:
             i = tasks_all.index(b)
