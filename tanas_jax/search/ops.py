@@ -32,7 +32,10 @@ CPU fast paths (measured on the project's 2-core x86 CPUs, jax 0.10.2, batch
   fwd+bwd 47 ms; slices: fwd 0.6 ms, fwd+bwd 37 ms.  Average pool: 3.9 ms vs
   1.3 ms.  The gradient of a slice-max splits equally between exactly tied
   maxima (``jnp.maximum``), like ``layers.max_pool_2x2``.
-* Depthwise convolutions are the weighted sum of the k*k shifted slices
+* Depthwise convolutions are the weighted sum of the k*k shifted slices,
+  with a custom VJP (:func:`depthwise_conv`: a fori_loop over the taps;
+  sep_conv_7x7 fwd+bwd at batch 64, 28x28x3: compile 7.5 -> 1.9 s, run
+  175 -> 58 ms vs autodiff of the slices)
   (kernel ``(k, k, 1, C)``, the layout of a grouped ``nn.Conv``): 24 ms vs
   59 ms for ``feature_group_count=C`` (input and kernel gradients).
 """
@@ -86,11 +89,76 @@ def avg_pool_3x3(x, stride: int = 1):
     return total / count
 
 
+def _depthwise_fwd_impl(x, kern, k: int, s: int, d: int):
+    """``y[b,h,w,c] = sum_ij xp[b, i*d + h*s, j*d + w*s, c] * kern[i,j,0,c]`` by slices."""
+    b, h, w, c = x.shape
+    pad = (k - 1) * d // 2
+    ho, wo = _out_size(h, s), _out_size(w, s)
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = None
+    for i, j, sl in _shifted_slices(xp, k, s, d, ho, wo):
+        t = sl * kern[i, j, 0]
+        out = t if out is None else out + t
+    return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv(x, kern, k: int, s: int, d: int):
+    """Depthwise kxk conv (stride s, dilation d, padding (k-1)*d/2), kernel (k, k, 1, C).
+
+    Forward and backward are both sums of k*k shifted slices (custom VJP):
+    the autodiff transpose of the forward's slices is k*k full-size pads,
+    which XLA CPU compiles slowly (sep_conv_7x7, batch 64, 28x28x3:
+    fwd+bwd compile 3.2 s, run 54 ms vs fwd 0.3 s / 2.6 ms).
+
+    * ``dkern[i,j,0,c] = sum_{b,h,w} xp[b, i*d + h*s, j*d + w*s, c] dy[b,h,w,c]``
+    * ``dx = sum_ij dyq[:, (k-1-i)*d : +H, (k-1-j)*d : +W] * kern[i,j,0]`` where
+      ``dyq`` is ``dy`` dilated by ``s`` (interior padding s-1) and padded by
+      ``(k-1)*d - pad`` before and ``H + pad - (ho-1)*s - 1`` after: the
+      correlation with the flipped kernel (the transposed conv).
+    """
+    return _depthwise_fwd_impl(x, kern, k, s, d)
+
+
+def _depthwise_fwd(x, kern, k, s, d):
+    return _depthwise_fwd_impl(x, kern, k, s, d), (x, kern)
+
+
+def _depthwise_bwd(k, s, d, res, dy):
+    # A fori_loop over the k*k taps with dynamic slices: one loop body to
+    # compile whatever k is (unrolled taps compile k*k XLA fusions each).
+    x, kern = res
+    b, h, w, c = x.shape
+    pad = (k - 1) * d // 2
+    ho, wo = _out_size(h, s), _out_size(w, s)
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    lo = (k - 1) * d - pad
+    zero = jnp.zeros((), dy.dtype)
+    dyq = jax.lax.pad(dy, zero, ((0, 0, 0), (lo, h + pad - (ho - 1) * s - 1, s - 1),
+                                 (lo, w + pad - (wo - 1) * s - 1, s - 1), (0, 0, 0)))
+    kflat = jnp.asarray(kern).reshape(k * k, c)
+    span_h, span_w = (ho - 1) * s + 1, (wo - 1) * s + 1
+
+    def tap(t, carry):
+        dx, dk = carry
+        i, j = t // k, t % k
+        sl = jax.lax.dynamic_slice(xp, (0, i * d, j * d, 0), (b, span_h, span_w, c))[:, ::s, ::s, :]
+        dk = dk.at[t].set(jnp.sum(sl * dy, axis=(0, 1, 2)))
+        g = jax.lax.dynamic_slice(dyq, (0, (k - 1 - i) * d, (k - 1 - j) * d, 0), (b, h, w, c))
+        return dx + g * kflat[t], dk
+
+    dx, dk = jax.lax.fori_loop(0, k * k, tap, (jnp.zeros_like(x), jnp.zeros((k * k, c), kern.dtype)))
+    return dx.astype(x.dtype), dk.reshape(k, k, 1, c)
+
+
+depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 class DepthwiseConv(nn.Module):
     """Depthwise kxk conv ('SAME'-style padding (k-1)*d/2), no bias, by slices.
 
     Kernel ``(k, k, 1, C)`` as a grouped ``nn.Conv`` with
-    ``feature_group_count=C`` would hold it.
+    ``feature_group_count=C`` would hold it.  See :func:`depthwise_conv`.
     """
 
     kernel_size: int
@@ -99,17 +167,10 @@ class DepthwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        b, h, w, c = x.shape
+        c = x.shape[-1]
         k, s, d = self.kernel_size, self.strides, self.dilation
         kern = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
-        pad = (k - 1) * d // 2
-        ho, wo = _out_size(h, s), _out_size(w, s)
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        out = None
-        for i, j, sl in _shifted_slices(xp, k, s, d, ho, wo):
-            t = sl * kern[i, j, 0]
-            out = t if out is None else out + t
-        return out
+        return depthwise_conv(x, kern, k, s, d)
 
 
 class Zero(nn.Module):
