@@ -235,3 +235,23 @@ def test_logdet_distance_is_asymmetric_on_a_pair_of_tasks():
     d_tb = logdet_distance_diag(f(at, vt, xb, yb), f(ab, vb, xb, yb), sigma2=1e-6)
     assert d_bt > 0 and d_tb > 0
     assert abs(d_bt - d_tb) > 1e-3 * max(d_bt, d_tb)
+
+
+def test_gram_and_cross_from_stored_gradients_equal_direct():
+    from tanas_jax.fisher import cross_from_gradients, gram_from_gradients, per_example_gradients
+
+    (ab, vb), (at, vt) = _net(0, classes=2, module=TinyBB), _net(1, classes=3, module=TinyBB)
+    x, y = _data(13)
+    y = y % 2
+    gb, gt = per_example_gradients(ab, vb, x, y, microbatch=5), per_example_gradients(at, vt, x, y, microbatch=5)
+    for head in ("all", "backbone"):
+        K, n = gram_matrix(ab, vb, x, y, microbatch=4, head=head)
+        K2, n2 = gram_from_gradients(gb, head=head)
+        assert n == n2
+        np.testing.assert_allclose(K2, K, rtol=1e-6, atol=1e-12)
+    for head in ("pad", "backbone"):
+        C = cross_gram(ab, vb, at, vt, x, y, head=head, microbatch=6)
+        np.testing.assert_allclose(cross_from_gradients(gb, gt, head=head), C, rtol=1e-6, atol=1e-12)
+    other = per_example_gradients(*_net(2, module=Tiny), x, y)
+    with pytest.raises(UserError, match="incompatible"):
+        cross_from_gradients(gb, other)

@@ -210,3 +210,38 @@ def test_closest_bases_transform_dispatch(monkeypatch, tmp_path):
     got = closest_bases(Bank(str(tmp_path / "b")), "mnist_digit0", cfg, metric="transform")
     assert got == ["mnist_10way", "mnist_digit3", "mnist_digit6"]
     assert all(c[-1] == "mnist_digit0" for c in calls)
+
+
+def test_full_spectrum_tables_on_the_tiny_bank(tiny):
+    """Full log-det and Fréchet tables (shared per-example gradients) = the direct Gram / cross-Gram route."""
+    if "table" not in tiny:
+        pytest.skip("needs the table test's bank")
+    import jax
+
+    from tanas_jax import models
+    from tanas_jax.bank import Bank
+    from tanas_jax.distance import frechet_distance_full, logdet_distance_full, nuclear_norm
+    from tanas_jax.distance.table import FisherStore, fisher_distance_table
+    from tanas_jax.fisher import cross_gram, gram_eigenvalues, gram_matrix
+
+    bank = Bank(tiny["bank"])
+    pair = ["mnist_digit0", "mnist_10way"]
+    res = {}
+    for metric in ("logdet", "frechet"):
+        cfg = _tiny_cfg(**{"distance.spectrum": "full", "distance.metric": metric})
+        res[metric] = np.array(fisher_distance_table(bank, pair, cfg, [0], progress=False)["mean"])
+        assert res[metric][0, 0] == res[metric][1, 1] == 0 and np.all(res[metric][~np.eye(2, dtype=bool)] > 0)
+    assert np.all(res["frechet"] <= 1)
+    # direct: d[digit0 -> 10way] from gram_matrix / cross_gram
+    store = FisherStore(bank, cfg, progress=False)
+    (vb, mb), (vt, mt) = store.network("mnist_digit0", 0), store.network("mnist_10way", 0)
+    x, y, _ = store.data("mnist_10way", full=True)
+    ab, at = models.make_apply("small_cnn", 2), models.make_apply("small_cnn", 10)
+    kw = dict(rng=jax.random.PRNGKey(0))
+    Kb, nb = gram_matrix(ab, vb, x, y, **kw)
+    Kt, nt = gram_matrix(at, vt, x, y, **kw)
+    n = max(nb, nt)
+    ld = logdet_distance_full(gram_eigenvalues(Kb), n, gram_eigenvalues(Kt), n, sigma2=1e-10)
+    assert res["logdet"][0, 1] == pytest.approx(ld, rel=1e-5)
+    fr = frechet_distance_full(np.trace(Kb), np.trace(Kt), nuclear_norm(cross_gram(ab, vb, at, vt, x, y, **kw)))
+    assert res["frechet"][0, 1] == pytest.approx(fr, rel=1e-4)

@@ -87,6 +87,8 @@ class FisherStore:
         self._data: dict = {}
         self._apply: dict = {}
         self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0}
+        self._grad_cache: dict = {}
+        self._grad_keep = 12   # per-example gradient matrices kept (a target and its bases)
 
     # -- inputs
     def network(self, task: str, seed: int):
@@ -193,9 +195,35 @@ class FisherStore:
         return tree, meta_out
 
     # -- full spectra
-    def gram_eigs(self, net_task: str, data_task: str, seed: int, head: str):
-        from tanas_jax.fisher import gram_eigenvalues, gram_matrix
+    def _grads(self, net_task: str, data_task: str, seed: int):
+        """Per-example gradients (M x n, float32) of one network on full_examples of data_task; kept for reuse.
+
+        A table visits (seed, target, every base): the last few matrices are
+        kept so that the Gram (log-det) and the cross-Gram (Fréchet) of a pair
+        share one gradient pass per network instead of three.
+        """
         import jax
+
+        from tanas_jax.fisher import per_example_gradients
+
+        key = (net_task, data_task, seed)
+        if key not in self._grad_cache:
+            fs = self.fs
+            variables, meta = self.network(net_task, seed)
+            x, y, _ = self.data(data_task, full=True)
+            apply = self.apply_fn(int(meta["num_classes"]))
+            t0 = time.perf_counter()
+            g = per_example_gradients(apply, variables, x, y, estimator=fs["estimator"],
+                                      rng=jax.random.PRNGKey(seed), microbatch=fs["microbatch"],
+                                      memory_budget=fs["memory_budget_mb"] * 2**20)
+            self.stats["fisher_seconds"] += time.perf_counter() - t0
+            while len(self._grad_cache) >= self._grad_keep:
+                self._grad_cache.pop(next(iter(self._grad_cache)))
+            self._grad_cache[key] = g
+        return self._grad_cache[key]
+
+    def gram_eigs(self, net_task: str, data_task: str, seed: int, head: str):
+        from tanas_jax.fisher import gram_eigenvalues, gram_from_gradients
 
         fs = self.fs
         inputs = {"network": self._net_record(net_task, seed), "data": self._data_record(data_task),
@@ -207,12 +235,7 @@ class FisherStore:
             if hit is not None:
                 self.stats["cached"] += 1
                 return np.asarray(hit[0]["eigs"]), int(hit[1]["n"])
-        variables, meta = self.network(net_task, seed)
-        x, y, _ = self.data(data_task, full=True)
-        apply = self.apply_fn(int(meta["num_classes"]))
-        K, n = gram_matrix(apply, variables, x, y, estimator=fs["estimator"], rng=jax.random.PRNGKey(seed),
-                           microbatch=fs["microbatch"], memory_budget=fs["memory_budget_mb"] * 2**20,
-                           head="backbone" if head == "backbone" else "all")
+        K, n = gram_from_gradients(self._grads(net_task, data_task, seed), head=head)
         eigs = gram_eigenvalues(K)
         self.stats["computed"] += 1
         self.bank.save_artifact(net_task, GRAM_KIND, key, {"eigs": eigs}, {"inputs": inputs, "n": n})
@@ -221,8 +244,7 @@ class FisherStore:
     def cross(self, base: str, target: str, seed: int, head: str):
         """(tr F_bt, tr F_tt, ||A^T B||_*) for the full Fréchet distance; cached on the target."""
         from tanas_jax.distance.frechet import nuclear_norm
-        from tanas_jax.fisher import cross_gram
-        import jax
+        from tanas_jax.fisher import cross_from_gradients
 
         fs = self.fs
         inputs = {"base": self._net_record(base, seed), "target": self._net_record(target, seed),
@@ -235,15 +257,10 @@ class FisherStore:
                 self.stats["cached"] += 1
                 v = hit[0]
                 return float(v["tr_b"]), float(v["tr_t"]), float(v["nuclear"])
-        vb, mb = self.network(base, seed)
-        vt, mt = self.network(target, seed)
-        x, y, _ = self.data(target, full=True)
-        ab, at = self.apply_fn(int(mb["num_classes"])), self.apply_fn(int(mt["num_classes"]))
-        kw = dict(estimator=fs["estimator"], rng=jax.random.PRNGKey(seed), microbatch=fs["microbatch"],
-                  memory_budget=fs["memory_budget_mb"] * 2**20)
-        C = cross_gram(ab, vb, at, vt, x, y, head=head, **kw)
-        tr_b = float(np.trace(cross_gram(ab, vb, ab, vb, x, y, head=head, **kw)))
-        tr_t = float(np.trace(cross_gram(at, vt, at, vt, x, y, head=head, **kw)))
+        C = cross_from_gradients(self._grads(base, target, seed), self._grads(target, target, seed), head=head)
+        # tr F = sum of the Gram's eigenvalues (the whole net: zero padding adds nothing), shared with logdet
+        tr_b = float(np.sum(self.gram_eigs(base, target, seed, "backbone" if head == "backbone" else "pad")[0]))
+        tr_t = float(np.sum(self.gram_eigs(target, target, seed, "backbone" if head == "backbone" else "pad")[0]))
         nuc = nuclear_norm(C)
         self.stats["computed"] += 1
         self.bank.save_artifact(target, CROSS_KIND, key,

@@ -8,4 +8,6 @@ from tanas_jax.fisher.engine import (  # noqa: F401
     choose_microbatch, fisher_diag, leaf_names, make_mesh, make_plan, per_example_grads,
     split_variables,
 )
-from tanas_jax.fisher.gram import cross_gram, gram_eigenvalues, gram_matrix  # noqa: F401,E402
+from tanas_jax.fisher.gram import (  # noqa: F401,E402
+    cross_from_gradients, cross_gram, gram_eigenvalues, gram_from_gradients, gram_matrix, per_example_gradients,
+)

@@ -191,6 +191,68 @@ def cross_gram(apply_b: Callable, variables_b, apply_t: Callable, variables_t, x
     return C / np.sqrt(bb.m * bt.m)
 
 
+def per_example_gradients(apply: Callable, variables, x, y=None, *, estimator: str = "empirical", rng=None,
+                          microbatch: int | None = None,
+                          memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[np.ndarray, list[str], list[tuple]]:
+    """``(G, names, shapes)``: all M x n per-example gradients (float32, host) and the leaf layout.
+
+    For reusing one network's gradients across several Grams / cross-Grams
+    (the distance tables): ``gram_from_gradients`` and ``cross_from_gradients``
+    give the same matrices as ``gram_matrix`` / ``cross_gram``.
+    """
+    x, y = _prep(x, y, estimator)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    params, _ = split_variables(variables)
+    sel = _selection(params, "all")
+    shapes = [tuple(a.shape) for a in jax.tree_util.tree_leaves(params)]
+    n = int(sum(int(np.prod(sh)) for sh in shapes))
+    mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
+    blocks = _Blocks(apply, variables, x, y, estimator, rng, mb, sel, [1.0] * len(sel), cache=False)
+    G = np.concatenate([np.asarray(blocks.get(k)) for k in range(blocks.n_blocks)], axis=0)
+    return G, [nm for _, nm, _ in sel], shapes
+
+
+def _columns(G, names, shapes, head: str, crop: dict | None = None) -> np.ndarray:
+    """The columns of G for ``head`` ('all' | 'backbone'), each leaf cropped to ``crop[name]``."""
+    out, off = [], 0
+    for nm, sh in zip(names, shapes):
+        size = int(np.prod(sh))
+        block = G[:, off: off + size]
+        off += size
+        if head == "backbone" and (nm == "head" or nm.startswith("head/")):
+            continue
+        if crop and nm in crop and tuple(crop[nm]) != tuple(sh):
+            block = block.reshape((G.shape[0],) + tuple(sh))[(slice(None),) + tuple(slice(0, c) for c in crop[nm])]
+            block = block.reshape(G.shape[0], -1)
+        out.append(block)
+    return np.concatenate(out, axis=1)
+
+
+def gram_from_gradients(grads, head: str = "all") -> tuple[np.ndarray, int]:
+    """``gram_matrix`` from ``per_example_gradients``' output."""
+    G, names, shapes = grads
+    Gs = _columns(G, names, shapes, "backbone" if head == "backbone" else "all")
+    return _dot64(Gs, Gs) / G.shape[0], int(Gs.shape[1])
+
+
+def cross_from_gradients(grads_b, grads_t, head: str = "pad") -> np.ndarray:
+    """``cross_gram`` from two ``per_example_gradients`` outputs (same architecture, heads may differ)."""
+    (Gb, nb, sb), (Gt, nt, st) = grads_b, grads_t
+    if nb != nt:
+        only = sorted(set(nb) ^ set(nt))
+        raise UserError(f"Fishers of incompatible networks: layer {only[0] if only else '?'} differs; "
+                        "use networks of the same architecture")
+    crop = {}
+    for nm, a, b in zip(nb, sb, st):
+        if a != b:
+            if not nm.startswith("head") or len(a) != len(b):
+                raise UserError(f"Fishers of incompatible networks: layer {nm} has shape {a} vs {b}; "
+                                "only the head may differ")
+            crop[nm] = tuple(min(p, q) for p, q in zip(a, b))
+    h = "backbone" if head == "backbone" else "all"
+    return _dot64(_columns(Gb, nb, sb, h, crop), _columns(Gt, nt, st, h, crop)) / np.sqrt(Gb.shape[0] * Gt.shape[0])
+
+
 def _dot64(a, b) -> np.ndarray:
     """``a @ b.T`` of two float32 gradient blocks, accumulated in float64 on the host.
 
@@ -218,4 +280,5 @@ def _bar(progress, total, desc):
     return tqdm(total=total, desc=desc, leave=False)
 
 
-__all__ = ["gram_matrix", "cross_gram", "gram_eigenvalues", "check_finite"]
+__all__ = ["gram_matrix", "cross_gram", "gram_eigenvalues", "check_finite", "per_example_gradients",
+           "gram_from_gradients", "cross_from_gradients"]
