@@ -89,6 +89,9 @@ def get_config():
     c.fuse.final_steps = 400               # winner trained from scratch, then tested once
     c.fuse.eval_batch_size = 500
     c.fuse.skeleton = "tiny"               # tiny (authors: 3 ch, 1 cell, linear head) | small | darts
+    # persistent XLA compilation cache: a rerun (or resume) loads the round's compiled steps
+    # instead of compiling them again; env TANAS_XLA_CACHE=DIR overrides, TANAS_XLA_CACHE=0 disables
+    c.fuse.compilation_cache = "~/.cache/tanas_jax/xla"
     # search plumbing shared by FUSE and the random baseline
     c.search = ml_collections.ConfigDict()
     c.search.space = "standard"            # standard | from:TASK | from:closest[:k] | ops:a,b | file.json

@@ -21,3 +21,26 @@ def test_depthwise_custom_vjp_matches_autodiff(k, s, d, hw):
     np.testing.assert_allclose(v1, v2, rtol=1e-6)
     np.testing.assert_allclose(gx1, gx2, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gk1, gk2, rtol=1e-5, atol=1e-5)
+
+
+def test_compilation_cache_switch(tmp_path, monkeypatch):
+    from jax._src import compilation_cache as cc
+
+    from tanas_jax.search import fuse
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv(fuse.CACHE_ENV, "0")
+        assert fuse.enable_compilation_cache(str(tmp_path / "a")) is None
+        monkeypatch.setenv(fuse.CACHE_ENV, str(tmp_path / "b"))
+        assert fuse.enable_compilation_cache("~/ignored") == str(tmp_path / "b")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "b")
+        monkeypatch.delenv(fuse.CACHE_ENV)
+        assert fuse.enable_compilation_cache(None) is None
+        # the cache setting is not part of the checkpoint fingerprint
+        a = fuse.FuseConfig(compilation_cache="x").to_dict()
+        assert "compilation_cache" in a and "compilation_cache" in fuse._NOT_IN_FINGERPRINT
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        fuse._cache_dir_set[0] = None
+        cc.reset_cache()
