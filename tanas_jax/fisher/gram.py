@@ -39,11 +39,24 @@ def _selection(params, head: str, common_shapes: dict | None = None):
     return keep
 
 
+_BLOCK_FNS: dict = {}
+
+
 def _make_block_fn(apply, variables, estimator: str, selection, leaf_scale):
     params, rest = split_variables(variables)
+    # one jitted block function per (apply, estimator, layout): a table visits many networks of the
+    # same architecture, which must not recompile per network (the params are arguments)
+    key = (apply, estimator, tuple((i, nm, tuple((sl.start, sl.stop) for sl in sls)) for i, nm, sls in selection),
+           tuple(float(x) for x in leaf_scale), jax.tree_util.tree_structure(rest))
+    if key not in _BLOCK_FNS:
+        _BLOCK_FNS[key] = _block_fn(apply, estimator, selection, leaf_scale)
+    fn = _BLOCK_FNS[key]
+    return lambda x, y, idx, rng: fn(params, rest, x, y, idx, rng)
 
+
+def _block_fn(apply, estimator: str, selection, leaf_scale):
     @jax.jit
-    def block(params, x, y, idx, rng):
+    def block(params, rest, x, y, idx, rng):
         if estimator == "mc":
             logits = jax.lax.stop_gradient(apply({"params": params, **rest}, x))
             keys = _example_keys(rng, idx)
@@ -56,7 +69,7 @@ def _make_block_fn(apply, variables, estimator: str, selection, leaf_scale):
             cols.append(a.reshape(a.shape[0], -1) * sc)
         return jnp.concatenate(cols, axis=1)
 
-    return lambda x, y, idx, rng: block(params, x, y, idx, rng)
+    return block
 
 
 class _Blocks:
