@@ -102,6 +102,12 @@ def main(argv=None) -> int:
     print(f"FUSE step, space {space.name}, C={args.candidates}, batch {args.batch}, {shape}, skeleton {args.skeleton}")
     for k, v in rows:
         print(f"  {k.ljust(w)}  {v}")
+    from tanas_jax.search.fuse import CACHE_ENV
+
+    # compile times above are cold unless the persistent cache (TANAS_XLA_CACHE / fuse.compilation_cache)
+    # already held these executables: run twice with TANAS_XLA_CACHE=DIR for the warm numbers
+    res["xla_cache_env"] = os.environ.get(CACHE_ENV)
+    print(f"  ({CACHE_ENV}={os.environ.get(CACHE_ENV)!r}; quick preset caches in ~/.cache/tanas_jax/xla)")
     res["provenance"] = provenance.stamp()
     if args.out:
         from tanas_jax.bank import atomic_write_json

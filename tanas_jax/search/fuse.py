@@ -26,7 +26,9 @@ DARTS' architecture step) with their running statistics left unchanged; no
 backward pass through the candidates.  Each step computes all C candidates in
 one jitted function, compiled ahead of time (``jit(...).lower().compile()``,
 timed and reported as ``compile_s``) and cached by (genotypes, skeleton,
-classes, shapes, settings); a per-instance trace counter (as
+classes, shapes, settings) in memory and, with ``compilation_cache`` set (quick
+preset: ``~/.cache/tanas_jax/xla``), on disk by JAX's persistent compilation
+cache, so a rerun or resume loads them; a per-instance trace counter (as
 ``chex.assert_max_traces(n=1)``, which counts per code object) guards them.
 
 **Rounds.**  α starts uniform (zeros: every constant gives the same softmax;
