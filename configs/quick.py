@@ -78,8 +78,8 @@ def get_config():
     # FUSE (tanas_jax/search/fuse.py, TA-NAS Algorithm 2); fields = FuseConfig's
     c.fuse = ml_collections.ConfigDict()
     c.fuse.candidates = 3                  # C: seed + C-1 samples (authors: 3; LD-NAS: 5)
-    c.fuse.rounds = 4                      # I (authors' code: 100; LD-NAS: 200)
-    c.fuse.max_stages = 4                  # stage cap per round (authors: 10)
+    c.fuse.rounds = 3                      # I (authors' code: 100; LD-NAS: 200)
+    c.fuse.max_stages = 3                  # stage cap per round (authors: 10)
     c.fuse.weight_steps = 30               # weight steps per stage, train split
     c.fuse.alpha_steps = 10                # alpha steps per stage, validation split
     c.fuse.batch_size = 64
