@@ -84,6 +84,104 @@ def bench_net(net: str, examples: int, microbatch: int, repeats: int, method: st
             "first_call_s": {"plain": c_plain, "fisher": c_fisher}, "peak_mb": _peak_mb()}
 
 
+# --- PyTorch peers (optional: only when torch is importable) -----------------------------------
+TORCH_NETS = ("tanas_cnn", "small_cnn", "vgg16")
+
+
+def _torch_model(net: str, C: int):
+    import torch.nn as tnn
+
+    if net == "tanas_cnn":
+        return tnn.Sequential(tnn.Conv2d(1, 32, 5, padding=2), tnn.ReLU(), tnn.Flatten(),
+                              tnn.Linear(32 * 28 * 28, 1024), tnn.ReLU(), tnn.Linear(1024, C))
+    if net == "small_cnn":
+        layers, cin = [], 1
+        for w in (16, 32, 64):
+            layers += [tnn.Conv2d(cin, w, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2)]
+            cin = w
+        return tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(64 * 4 * 4, 64), tnn.ReLU(), tnn.Linear(64, C))
+    if net == "vgg16":
+        from tanas_jax.models.nets import VGG16_CFG
+
+        layers, cin = [], 3
+        for v in VGG16_CFG:
+            if v == "M":
+                layers.append(tnn.MaxPool2d(2))
+                continue
+            layers += [tnn.Conv2d(cin, v, 3, padding=1), tnn.BatchNorm2d(v), tnn.ReLU()]
+            cin = v
+        return tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(512, 10), tnn.Linear(10, C))
+    return None
+
+
+def torch_peers(net: str, x, y, microbatch: int, repeats: int, methods: list[str]) -> dict | None:
+    """Seconds (median) of torch plain mean gradient and torch.func vmap(grad) diagonal Fisher
+    (+ a per-example loop) on the same architecture and examples; None without torch."""
+    try:
+        import torch
+        from torch.func import functional_call, grad, vmap
+    except ImportError:
+        return None
+    C = 10
+    model = _torch_model(net, C)
+    if model is None:
+        return None
+    torch.manual_seed(0)
+    model.eval()                                   # BatchNorm in eval mode, as our Fisher
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    yt = torch.from_numpy(y.astype("int64"))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    lossf = torch.nn.functional.cross_entropy
+
+    def plain():
+        model.zero_grad(set_to_none=True)
+        for k in range(0, len(xt), microbatch):
+            lossf(model(xt[k:k + microbatch]), yt[k:k + microbatch], reduction="sum").backward()
+
+    def one(p, xb, yb):
+        out = functional_call(model, (p, buffers), (xb[None],))
+        return lossf(out, yb[None], reduction="sum")
+
+    per_ex = vmap(grad(one), in_dims=(None, 0, 0))
+
+    def func():
+        acc = {k: torch.zeros_like(v) for k, v in params.items()}
+        for k in range(0, len(xt), microbatch):
+            g = per_ex(params, xt[k:k + microbatch], yt[k:k + microbatch])
+            for n, v in g.items():
+                acc[n] += (v * v).sum(0)
+        return acc
+
+    def loop():
+        acc = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+        for i in range(len(xt)):
+            model.zero_grad(set_to_none=True)
+            lossf(model(xt[i:i + 1]), yt[i:i + 1], reduction="sum").backward()
+            for n, v in model.named_parameters():
+                acc[n] += v.grad * v.grad
+        return acc
+
+    fns = {"torch_plain": plain, "torch_func_vmap": func, "torch_loop": loop}
+    fns = {k: v for k, v in fns.items() if k == "torch_plain" or k.split("_", 1)[1] in methods}
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()                                        # warm-up
+    for _ in range(repeats):                       # alternate
+        for k, f in fns.items():
+            t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["torch_version"] = torch.__version__
+    out["torch_threads"] = torch.get_num_threads()
+    for name in ("opacus", "backpack"):
+        try:
+            __import__(name)
+            out[f"{name}_note"] = "installed but not wired in this benchmark"
+        except ImportError:
+            out[f"{name}_note"] = "not installed (skipped)"
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench fisher", description=__doc__.split("\n")[0])
     p.add_argument("--nets", default="tanas_cnn,vgg16,resnet18")
@@ -92,6 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--method", default="auto", choices=("auto", "fast", "vmap"))
     p.add_argument("--out", default=None, help="write DIR/result.json")
+    p.add_argument("--peers", default="func_vmap",
+                   help="torch peers besides the plain torch gradient when torch is importable: comma-separated "
+                        "func_vmap, loop; 'none' to skip torch")
     args = p.parse_args(argv)
     import jax
 
@@ -102,6 +203,24 @@ def main(argv=None) -> int:
     rows = []
     for net in [n for n in args.nets.split(",") if n]:
         r = bench_net(net, args.examples, args.microbatch, args.repeats, args.method)
+        if args.peers != "none" and net in TORCH_NETS:
+            import numpy as np
+
+            from tanas_jax import models
+
+            spec = models.get_net(net)
+            rng = np.random.RandomState(0)        # the same examples as bench_net
+            x = rng.rand(args.examples, *spec.input_shape).astype(np.float32)
+            y = rng.randint(0, 10, args.examples).astype(np.int32)
+            t = torch_peers(net, x, y, args.microbatch, args.repeats, args.peers.split(","))
+            if t:
+                r["torch"] = t
+                fisher_peers = [v for k, v in t.items() if k in ("torch_func_vmap", "torch_loop")]
+                if fisher_peers:
+                    r["faster_than_torch_fisher_peers"] = r["fisher_s"] < min(fisher_peers)
+                r["fisher_vs_torch_plain"] = r["fisher_s"] / t["torch_plain"]
+                print("           torch " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()
+                                                      if isinstance(v, float)), flush=True)
         rows.append(r)
         print(f"{net:10s} {r['params'] / 1e6:6.2f}M  plain {r['plain_s']:.3f}s  fisher[{r['method']}] "
               f"{r['fisher_s']:.3f}s  ratio {r['ratio']:.2f}  {r['fisher_examples_per_s']:.0f} ex/s  "
