@@ -46,8 +46,15 @@ from tanas_jax.search.genotype import (
     OPS, CellStructure, Genotype, GenotypeError, authors_cell_structure, check_op_set,
     load_genotype_file)
 
-GENOTYPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                            "configs", "genotypes")
+
+def _genotype_dir() -> str:
+    """``configs/genotypes`` of a source checkout, else the copy shipped as ``tanas_jax/configs``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    src = os.path.join(os.path.dirname(os.path.dirname(here)), "configs", "genotypes")
+    return src if os.path.isdir(src) else os.path.join(os.path.dirname(here), "configs", "genotypes")
+
+
+GENOTYPE_DIR = _genotype_dir()
 
 
 @dataclasses.dataclass(frozen=True)
