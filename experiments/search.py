@@ -79,8 +79,10 @@ def main(argv=None) -> int:
     for r in rows:
         noise = max(r["std"], best["std"])
         within = "best" if r is best else ("yes" if abs(best["mean"] - r["mean"]) <= noise else "no")
-        lines.append(f"| {r['method']} | {r['mean']:.4f} ± {r['std']:.4f} | {', '.join(f'{a:.4f}' for a in r['accs'])} "
-                     f"| {r['params']:.0f} | {'' if r['search_s'] is None else f'{r['search_s']:.0f}'} | {within} |")
+        accs = ", ".join(f"{a:.4f}" for a in r["accs"])
+        search_s = "" if r["search_s"] is None else f"{r['search_s']:.0f}"
+        lines.append(f"| {r['method']} | {r['mean']:.4f} ± {r['std']:.4f} | {accs} | {r['params']:.0f} | {search_s} "
+                     f"| {within} |")
     lines += ["", "'Within noise' means |Δmean| to the best method is at most the larger of the two standard "
               "deviations over seeds.", ""]
     os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)

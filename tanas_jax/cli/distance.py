@@ -125,9 +125,13 @@ def run(argv) -> int:
         if "same_dataset_closest" in result:
             sd = result["same_dataset_closest"]
             print(f"closest base from the same dataset for {sd['count']} of {sd['of']} targets")
-        if "timing" in result:
-            print(f"wall time {result['timing'].get('wall_s', 0):.1f} s; Fishers computed "
-                  f"{result.get('cache', {}).get('computed', '?')}, reused {result.get('cache', {}).get('reused', '?')}")
+        tm = result.get("timing", {})
+        if metric == "transform" and tm:
+            print(f"wall time {tm.get('total_s', 0):.1f} s; pairs from the bank cache "
+                  f"{tm.get('pairs_cached', 0)} of {tm.get('pairs_total', 0)}")
+        elif tm:
+            print(f"wall time {tm.get('wall_s', 0):.1f} s; Fishers computed "
+                  f"{result.get('cache', {}).get('computed', 0)}, reused {result.get('cache', {}).get('reused', 0)}")
     result["config"] = cfg.to_dict()
     if args.out:
         stem = f"{metric}_{s.get('spectrum', 'diag')}" if metric != "transform" else "transform"
