@@ -140,6 +140,10 @@ def main(argv=None) -> int:
     p.add_argument("--md", default=os.path.join(ROOT, "docs", "results_distances.md"))
     p.add_argument("--img", default=os.path.join(ROOT, "docs", "img"))
     p.add_argument("--json", default=os.path.join(ROOT, "runs", "distances", "result.json"))
+    p.add_argument("--ld3", default=os.path.join(ROOT, "runs", "ld3", "result.json"),
+                   help="result.json of the issue-3 run `bin/distance --tasks offline8 --metric logdet --repeats 3` "
+                        "to summarise too (skipped when absent)")
+    p.add_argument("--ld3-elapsed", default=None, help="the whole command's wall time (e.g. from /usr/bin/time)")
     p.add_argument("--only", default=None, help="comma-separated stems to run (debugging)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -248,6 +252,19 @@ def write_markdown(args, results, summaries, comparisons, acc_md, stamp, wall, s
                   "|---|---|---|---|---|"]
             L += [f"| {r['target']} | {r['closest_a']} | {r['closest_b']} | {r['spearman']:.2f} | {r['kendall']:.2f} |"
                   for r in c["rows"]]
+    if args.ld3 and os.path.exists(args.ld3):
+        with open(args.ld3) as f:
+            r3 = json.load(f)
+        s3 = summarize(r3)
+        L += ["", "## Issue 3 \"done when\": `bin/distance --tasks offline8 --metric logdet --repeats 3`", "",
+              f"`bin/distance --tasks offline8 --metric logdet --repeats 3 --out runs/ld3 --bank runs/bank` "
+              f"(quick preset, fresh bank: it trained all 24 networks): command wall time "
+              f"{args.ld3_elapsed or '?'}, of which the table (Fishers + distances after training) "
+              f"{r3['timing']['wall_s']:.0f} s with {r3['timing']['fisher_s']:.0f} s in Fishers "
+              f"({r3['cache']['computed']} computed, {r3['cache']['reused']} reused), on the shared 2-core CPU "
+              "(load average 4-8 from other jobs).  Closest base from the same dataset: "
+              f"**{s3['same']} of {len(r3['tasks'])}** targets; std/mean median {s3['ratio_median']:.3f}.", "",
+              md_matrix(r3), ""]
     L += ["", "## Tables (mean ± std over seeds)", ""]
     for key, r in results.items():
         s = r["settings"]
