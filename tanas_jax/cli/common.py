@@ -206,6 +206,6 @@ def print_table(rows: list[dict], columns: list[str], file=None) -> str:
 
 
 def dump_json(obj) -> str:
-    from tanas_jax.bank import _json_default
+    from tanas_jax.bank import json_default
 
-    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    return json.dumps(obj, indent=2, sort_keys=True, default=json_default)

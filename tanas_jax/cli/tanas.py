@@ -32,6 +32,7 @@ import json
 import os
 import time
 
+from tanas_jax.bank import json_default
 from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
                                   print_table, run_as_script, write_result)
 
@@ -192,7 +193,7 @@ class Pipeline:
         import numpy as np
 
         self.bank.save_artifact(task, "searches", key, {"done": np.ones(1, np.int8)},
-                                {"result": json.loads(json.dumps(res, default=_np_default))})
+                                {"result": json.loads(json.dumps(res, default=json_default))})
         self.computed.append(f"{method} search for {task} in space {label}")
         return res
 
@@ -256,18 +257,6 @@ class Pipeline:
                 "networks": nets, "distance": dist, "closest": closest, "base_genotypes": genos,
                 "space": space.to_dict(), "runs": runs, "table": rows, "genotype": geno,
                 "reused": self.reused, "computed": self.computed, "timings": self.timings}
-
-
-def _np_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 COLUMNS = ["method", "test_acc", "val_acc", "params", "search_s", "evaluations", "architecture"]
@@ -361,13 +350,9 @@ def _heatmap(path: str, dist: dict, target: str, closest: list[str], metric: str
             ax.add_patch(Rectangle((t - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"target {target}: chosen base {', '.join(closest)} (red)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from tanas_jax.search.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def run(argv) -> int:
@@ -384,7 +369,7 @@ def run(argv) -> int:
     result["provenance"] = provenance.stamp()
     paths = write_report(out, result)
     result["files"] = paths
-    write_result(out, json.loads(json.dumps(result, default=_np_default)))
+    write_result(out, json.loads(json.dumps(result, default=json_default)))
     print()
     print(f"TA-NAS on {pipe.target}: closest base(s) {', '.join(result['closest'])} by {pipe.metric}")
     print_table(result["table"], COLUMNS)

@@ -25,6 +25,7 @@ import zipfile
 import jax
 import numpy as np
 
+from tanas_jax.bank import json_default
 from tanas_jax.errors import CorruptEntryError, UserError
 
 FORMAT = "tanas-search-checkpoint/1"
@@ -34,20 +35,10 @@ def path(directory: str, name: str = "fuse_checkpoint") -> str:
     return os.path.join(directory, f"{name}.npz")
 
 
-def _default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
-
-
 def save(directory: str, fp: str, meta: dict, state=None, name: str = "fuse_checkpoint") -> str:
     from tanas_jax.bank import atomic_write_bytes
 
-    body = json.dumps({"format": FORMAT, "fingerprint": fp, **meta}, sort_keys=True, default=_default)
+    body = json.dumps({"format": FORMAT, "fingerprint": fp, **meta}, sort_keys=True, default=json_default)
     record = json.dumps({"body": body, "sha256": hashlib.sha256(body.encode()).hexdigest()})
     arrays = {"__meta__": np.frombuffer(record.encode(), np.uint8)}
     if state is not None:

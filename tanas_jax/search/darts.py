@@ -93,6 +93,7 @@ import optax
 
 from tanas_jax.errors import UserError
 from tanas_jax.models.layers import Conv
+from tanas_jax.search.fuse import phase_gated  # noqa: F401  (shared with FUSE; re-exported)
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
 from tanas_jax.search.network import CellModule, Skeleton, build_network, get_skeleton, init_network, param_count
 from tanas_jax.search.ops import make_op
@@ -406,21 +407,6 @@ def skip_count(genotype: Genotype) -> int:
 
 
 # --- optimiser ------------------------------------------------------------------------------
-def phase_gated(inner: optax.GradientTransformation, phase: str) -> optax.GradientTransformationExtraArgs:
-    """``inner`` when ``update(..., phase_name=phase)``; else zero updates and unchanged state."""
-
-    def init_fn(params):
-        return inner.init(params)
-
-    def update_fn(updates, state, params=None, *, phase_name=None, **extra):
-        del extra
-        if phase_name == phase:
-            return inner.update(updates, state, params)
-        return jax.tree_util.tree_map(jnp.zeros_like, updates), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
 def make_optimizer(cfg: SearchConfig, with_aux: bool = False) -> optax.GradientTransformationExtraArgs:
     """ONE multi_transform over {'weights', 'beta'[, 'aux']} (see module docstring)."""
     if cfg.w_optimizer == "sgd":
@@ -602,11 +588,11 @@ CKPT_NAME = "search_checkpoint.npz"
 
 
 def save_checkpoint(directory: str, fingerprint: str, meta: dict, state) -> str:
-    from tanas_jax.bank import _json_default, atomic_write_bytes
+    from tanas_jax.bank import atomic_write_bytes, json_default
 
     leaves = jax.tree_util.tree_leaves(state)
     buf = io.BytesIO()
-    body = json.dumps({"fingerprint": fingerprint, "meta": meta, "leaves": len(leaves)}, default=_json_default)
+    body = json.dumps({"fingerprint": fingerprint, "meta": meta, "leaves": len(leaves)}, default=json_default)
     np.savez(buf, __meta__=np.frombuffer(body.encode(), np.uint8), **{f"l{i}": np.asarray(a) for i, a in
                                                                         enumerate(leaves)})
     path = os.path.join(directory, CKPT_NAME)

@@ -34,6 +34,13 @@ def plot_alpha(history: list[dict], path: str, title: str = "") -> str:
     ax.set_title(title or "FUSE: α over rounds")
     if n_slots:
         ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically (temp file + rename), close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
