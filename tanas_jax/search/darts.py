@@ -95,7 +95,8 @@ from tanas_jax.errors import UserError
 from tanas_jax.models.layers import Conv
 from tanas_jax.search.fuse import phase_gated  # noqa: F401  (shared with FUSE; re-exported)
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
-from tanas_jax.search.network import CellModule, Skeleton, build_network, get_skeleton, init_network, param_count
+from tanas_jax.search.network import (CellModule, Skeleton, build_network, get_skeleton, init_from_shapes,
+                                      init_network, param_count)
 from tanas_jax.search.ops import make_op
 
 METHODS = ("darts1", "darts2", "tetlo")
@@ -549,22 +550,7 @@ def init_supernet(net: SuperNetwork, seed: int, input_shape) -> tuple[dict, dict
         wts["reduce"] = wts["normal"]
     shapes = jax.eval_shape(lambda x: net.init(jax.random.PRNGKey(0), x, wts, train=False), x)
     gen = np.random.Generator(np.random.PCG64(_seed_sequence(np.random.SeedSequence([seed, 1]).generate_state(2))))
-
-    def leaf(path, sd):
-        name = getattr(path[-1], "key", str(path[-1]))
-        if name == "kernel":
-            fan_in = int(np.prod(sd.shape[:-1]))
-            z = gen.standard_normal(sd.shape)
-            bad = np.abs(z) > 2
-            while bad.any():
-                z[bad] = gen.standard_normal(int(bad.sum()))
-                bad = np.abs(z) > 2
-            return jnp.asarray((z * np.sqrt(1.0 / fan_in) / 0.87962566103423978).astype(np.float32))
-        if name == "var":
-            return jnp.ones(sd.shape, sd.dtype)
-        return jnp.zeros(sd.shape, sd.dtype)
-
-    v = jax.tree_util.tree_map_with_path(leaf, dict(shapes))
+    v = init_from_shapes(shapes, gen)
     return v["params"], v.get("batch_stats", {})
 
 

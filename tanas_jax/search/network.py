@@ -201,6 +201,12 @@ def init_network(genotype: Genotype, skeleton, num_classes: int, rng, input_shap
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     shapes = jax.eval_shape(lambda x: net.init(jax.random.PRNGKey(0), x, train=False), x)
     gen = np.random.Generator(np.random.PCG64(_seed_sequence(rng)))
+    return init_from_shapes(shapes, gen)
+
+
+def init_from_shapes(shapes, gen: np.random.Generator) -> dict:
+    """flax-default initial values for a tree of ``ShapeDtypeStruct`` drawn with numpy ``gen``:
+    kernels truncated-normal(2σ) lecun, BatchNorm ``var`` ones, everything else zeros."""
 
     def leaf(path, sd):
         name = getattr(path[-1], "key", str(path[-1]))
@@ -218,8 +224,7 @@ def init_network(genotype: Genotype, skeleton, num_classes: int, rng, input_shap
             return jnp.ones(sd.shape, sd.dtype)
         return jnp.zeros(sd.shape, sd.dtype)
 
-    variables = jax.tree_util.tree_map_with_path(leaf, dict(shapes))
-    return dict(variables)
+    return dict(jax.tree_util.tree_map_with_path(leaf, dict(shapes)))
 
 
 def make_apply(genotype: Genotype, skeleton, num_classes: int):
