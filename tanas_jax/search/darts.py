@@ -92,11 +92,10 @@ import numpy as np
 import optax
 
 from tanas_jax.errors import UserError
-from tanas_jax.models.layers import Conv
 from tanas_jax.search.fuse import phase_gated  # noqa: F401  (shared with FUSE; re-exported)
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
 from tanas_jax.search.network import (CellModule, Skeleton, build_network, get_skeleton, init_from_shapes,
-                                      init_network, param_count)
+                                      init_network, param_count, stem)
 from tanas_jax.search.ops import make_op
 
 METHODS = ("darts1", "darts2", "tetlo")
@@ -197,8 +196,7 @@ class SearchConfig:
 
     @property
     def skeleton_obj(self) -> Skeleton:
-        sk = self.skeleton
-        return get_skeleton(dict(sk) if isinstance(sk, tuple) else sk)
+        return get_skeleton(self.skeleton)
 
     @classmethod
     def from_config(cls, section, **overrides) -> "SearchConfig":
@@ -334,9 +332,7 @@ class SuperNetwork(nn.Module):
     @nn.compact
     def __call__(self, x, weights, train: bool = False):
         sk = self.skeleton
-        if sk.stem:
-            x = Conv(sk.C * sk.stem_multiplier, (3, 3), use_bias=False, name="stem")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
+        x = stem(sk, x, train)
         for k, ck in enumerate(sk.cell_channels()):
             red = k in sk.reductions
             w = weights["reduce" if red else "normal"]

@@ -103,8 +103,7 @@ class FuseConfig:
 
     @property
     def skeleton_obj(self):
-        sk = self.skeleton
-        return get_skeleton(dict(sk) if isinstance(sk, tuple) else sk)
+        return get_skeleton(self.skeleton)
 
     @classmethod
     def from_config(cls, section, **overrides) -> "FuseConfig":

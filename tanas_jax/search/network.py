@@ -91,10 +91,22 @@ SKELETONS = {
 }
 
 
+def stem(sk: Skeleton, x, train: bool):
+    """The skeleton's stem (3x3 conv + BatchNorm, submodules ``stem``/``stem_bn`` of the calling
+    compact module), or ``x`` unchanged when the skeleton has none."""
+    if not sk.stem:
+        return x
+    x = Conv(sk.C * sk.stem_multiplier, (3, 3), use_bias=False, name="stem")(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
+
+
 def get_skeleton(spec: Any) -> Skeleton:
-    """A preset name, a dict of Skeleton fields (optionally with 'preset'), or a Skeleton."""
+    """A preset name, a dict of Skeleton fields (optionally with 'preset'), its hashable form (a tuple of
+    (field, value) pairs, as the frozen search configs store it), or a Skeleton."""
     if isinstance(spec, Skeleton):
         return spec
+    if isinstance(spec, tuple):
+        spec = dict(spec)
     if isinstance(spec, str):
         if spec not in SKELETONS:
             raise UserError(f"unknown skeleton {spec!r}; valid: {', '.join(SKELETONS)}")
@@ -163,9 +175,7 @@ class CellNetwork(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         sk = self.skeleton
-        if sk.stem:
-            x = Conv(sk.C * sk.stem_multiplier, (3, 3), use_bias=False, name="stem")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
+        x = stem(sk, x, train)
         for k, ck in enumerate(sk.cell_channels()):
             red = k in sk.reductions
             cell: Cell = self.genotype.reduce_cell if red else self.genotype.normal
