@@ -8,17 +8,12 @@ cleanup; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import os
 import sys
 from typing import Callable
 
 from tanas_jax.errors import UserError
-
-PRESETS = ("quick", "paper")
-
 
 def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
     def main(argv: list[str] | None = None) -> int:
@@ -41,67 +36,7 @@ def run_as_script(main) -> None:
 
 
 # --- configs -------------------------------------------------------------------------------
-def _preset_path(name: str) -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [
-        os.path.join(os.path.dirname(os.path.dirname(here)), "configs", f"{name}.py"),  # source tree
-        os.path.join(os.path.dirname(here), "configs", f"{name}.py"),                   # installed
-    ]
-    for p in candidates:
-        if os.path.exists(p):
-            return p
-    return None
-
-
-def load_config(spec: str | None = "quick", overrides: list[str] | None = None):
-    """A preset name (``quick``, ``paper``) or a path to a Python file with ``get_config()``.
-
-    ``overrides`` are ``section.field=value`` strings (Python literals; bare
-    words are strings), applied in order.
-    """
-    spec = spec or "quick"
-    path = spec if (os.sep in spec or spec.endswith(".py")) else _preset_path(spec)
-    if path is None or not os.path.exists(path):
-        raise UserError(f"config '{spec}' not found: give a preset ({', '.join(PRESETS)}) or a path to "
-                        "a Python file defining get_config()")
-    mod_name = "_tanas_config_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        cfg = module.get_config()
-    except (SyntaxError, AttributeError, ImportError) as e:
-        raise UserError(f"config {path} could not be loaded ({type(e).__name__}: {e}); it must define "
-                        "get_config() returning an ml_collections.ConfigDict") from None
-    cfg.config_file = os.path.abspath(path)
-    for item in overrides or []:
-        apply_override(cfg, item)
-    return cfg
-
-
-def apply_override(cfg, item: str) -> None:
-    if "=" not in item:
-        raise UserError(f"override '{item}' must look like section.field=value (e.g. train.epochs=3)")
-    key, raw = item.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    node = cfg
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        if p not in node:
-            raise UserError(f"override '{item}': no config section '{p}'; sections: "
-                            f"{', '.join(sorted(k for k in node.keys()))}")
-        node = node[p]
-    leaf = parts[-1]
-    if leaf not in node:
-        raise UserError(f"override '{item}': no field '{leaf}' in '{'.'.join(parts[:-1]) or 'config'}'; "
-                        f"fields: {', '.join(sorted(node.keys()))}")
-    try:
-        node[leaf] = value
-    except TypeError as e:
-        raise UserError(f"override '{item}': {e}") from None
+from tanas_jax.config import PRESETS, apply_override, load_config  # noqa: E402,F401  (moved to the library)
 
 
 # --- flags ---------------------------------------------------------------------------------
