@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     print(f"  ({CACHE_ENV}={os.environ.get(CACHE_ENV)!r}; quick preset caches in ~/.cache/tanas_jax/xla)")
     res["provenance"] = provenance.stamp()
     if args.out:
-        from tanas_jax.bank import atomic_write_json
+        from tanas_jax.io import atomic_write_json
 
         path = os.path.join(args.out, "fuse_step.json")
         atomic_write_json(path, res)

@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from tanas_jax import provenance
-    from tanas_jax.bank import Bank, atomic_write_json
+    from tanas_jax.bank import Bank
+    from tanas_jax.io import atomic_write_json
     from tanas_jax.cli.common import load_config
     from tanas_jax.distance.table import fisher_distance_table, plot_heatmap
     from tanas_jax.tasks import resolve_tasks
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
 
 
 def write_markdown(args, results, summaries, comparisons, acc_md, stamp, wall, seeds, tasks, cfg):
-    from tanas_jax.bank import atomic_write_bytes
+    from tanas_jax.io import atomic_write_bytes
 
     any_r = next(iter(results.values()))
     rel_img = os.path.relpath(args.img, os.path.dirname(args.md))

@@ -97,7 +97,7 @@ def write_result(out_dir: str | None, result: dict, name: str = "result.json") -
     if not out_dir:
         return None
     from tanas_jax import provenance
-    from tanas_jax.bank import atomic_write_json
+    from tanas_jax.io import atomic_write_json
 
     payload = dict(result)
     payload.setdefault("provenance", provenance.stamp())
@@ -141,6 +141,6 @@ def print_table(rows: list[dict], columns: list[str], file=None) -> str:
 
 
 def dump_json(obj) -> str:
-    from tanas_jax.bank import json_default
+    from tanas_jax.io import json_default
 
     return json.dumps(obj, indent=2, sort_keys=True, default=json_default)

@@ -32,7 +32,7 @@ import json
 import os
 import time
 
-from tanas_jax.bank import json_default
+from tanas_jax.io import json_default
 from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
                                   print_table, run_as_script, write_result)
 
@@ -264,7 +264,7 @@ COLUMNS = ["method", "test_acc", "val_acc", "params", "search_s", "evaluations",
 
 def write_report(out: str, result: dict) -> dict:
     """report.md + PNGs in ``out``; returns the paths."""
-    from tanas_jax.bank import atomic_write_bytes
+    from tanas_jax.io import atomic_write_bytes
     from tanas_jax.search.plots import plot_alpha
 
     paths = {}
@@ -350,7 +350,7 @@ def _heatmap(path: str, dist: dict, target: str, closest: list[str], metric: str
             ax.add_patch(Rectangle((t - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"target {target}: chosen base {', '.join(closest)} (red)")
-    from tanas_jax.search.plots import save_figure
+    from tanas_jax.io import save_figure
 
     return save_figure(fig, path)
 

@@ -376,7 +376,7 @@ def rank_bases(result: dict, target: str) -> list[tuple[str, float, float]]:
 
 def write_csv(path: str, result: dict, which: str = "mean") -> str:
     """Matrix as CSV: header ``base\\target,t1,...``; one row per base task."""
-    from tanas_jax.bank import atomic_write_bytes
+    from tanas_jax.io import atomic_write_bytes
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -395,7 +395,7 @@ def plot_heatmap(path: str, result: dict, title: str | None = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tanas_jax.bank import atomic_write_bytes
+    from tanas_jax.io import atomic_write_bytes
 
     tasks = result["tasks"]
     k = len(tasks)

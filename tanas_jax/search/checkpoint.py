@@ -25,7 +25,7 @@ import zipfile
 import jax
 import numpy as np
 
-from tanas_jax.bank import json_default
+from tanas_jax.io import json_default
 from tanas_jax.errors import CorruptEntryError, UserError
 
 FORMAT = "tanas-search-checkpoint/1"
@@ -36,7 +36,7 @@ def path(directory: str, name: str = "fuse_checkpoint") -> str:
 
 
 def save(directory: str, fp: str, meta: dict, state=None, name: str = "fuse_checkpoint") -> str:
-    from tanas_jax.bank import atomic_write_bytes
+    from tanas_jax.io import atomic_write_bytes
 
     body = json.dumps({"format": FORMAT, "fingerprint": fp, **meta}, sort_keys=True, default=json_default)
     record = json.dumps({"body": body, "sha256": hashlib.sha256(body.encode()).hexdigest()})

@@ -570,7 +570,7 @@ CKPT_NAME = "search_checkpoint.npz"
 
 
 def save_checkpoint(directory: str, fingerprint: str, meta: dict, state) -> str:
-    from tanas_jax.bank import atomic_write_bytes, json_default
+    from tanas_jax.io import atomic_write_bytes, json_default
 
     leaves = jax.tree_util.tree_leaves(state)
     buf = io.BytesIO()

@@ -1,7 +1,7 @@
 """Plots for search results (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
-import os
+from tanas_jax.io import save_figure
 
 
 def plot_alpha(history: list[dict], path: str, title: str = "") -> str:
@@ -35,16 +35,3 @@ def plot_alpha(history: list[dict], path: str, title: str = "") -> str:
     if n_slots:
         ax.legend(fontsize=7, loc="upper left")
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: str) -> str:
-    """Lay out ``fig``, write it to ``path`` as PNG atomically (temp file + rename), close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
