@@ -243,7 +243,7 @@ def write_markdown(args, results, summaries, comparisons, acc_md, stamp, wall, s
     if comparisons:
         L += ["", "## §3c: the authors' Fisher vs the per-example empirical Fisher", "",
               "The authors' code squares the mini-batch mean gradient and averages over each parameter's first "
-              "axis (REFERENCE.md); ours sums squared per-example gradients.  Same networks, same examples.", "",
+              "axis (docs/authors_code.md); ours sums squared per-example gradients.  Same networks, same examples.", "",
               "| metric (diag) | targets whose closest base changes | Spearman ρ of base rankings (mean over "
               "targets) | Kendall τ (mean) |", "|---|---|---|---|"]
         for metric, c in comparisons.items():
