@@ -69,7 +69,8 @@ def main(argv=None) -> int:
              f"Command: `python experiments/search.py --bases {args.bases} --target {args.target} --seeds {args.seeds} "
              f"--config {args.config} --bank {bank.root}`", "",
              f"Machine: {stamp['machine']['platform']}, {stamp['machine']['cpu_count']} CPUs, backend "
-             f"{stamp['machine'].get('jax_backend')}; jax {stamp['versions'].get('jax')}, flax {stamp['versions'].get('flax')}; "
+             f"{stamp['machine'].get('jax_backend')}; jax {stamp['versions'].get('jax')}, "
+             f"flax {stamp['versions'].get('flax')}; "
              f"XLA_FLAGS `{stamp['machine']['xla_flags']}`. Wall time {wall / 60:.1f} min.", "",
              f"Data: {per_seed[0]['data']['source']}, target sizes {per_seed[0]['data']['sizes']}; bases: "
              f"{', '.join(per_seed[0]['bases'])}; closest base per seed: "
