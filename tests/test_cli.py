@@ -198,4 +198,6 @@ def test_train_command_leaves_its_config_unchanged(bank, quick_cfg, capsys):
     assert cfg.to_dict() == before
     assert rows[0]["status"] == "trained" and rows[0]["test_acc"] > 0.9
     assert train_networks(cfg, bank, ["mnist_digit0"], [0], progress=False)[0]["status"] == "reused"
-    assert capsys.readouterr().err.count("%|") == 0                 # no bar with progress=False
+    assert "%|" not in capsys.readouterr().err                      # no bar with progress=False ...
+    train_networks(cfg, bank, ["mnist_digit0"], [1], progress=True)
+    assert "%|" in capsys.readouterr().err                          # ... and one with progress=True
