@@ -201,3 +201,22 @@ def test_train_command_leaves_its_config_unchanged(bank, quick_cfg, capsys):
     assert "%|" not in capsys.readouterr().err                      # no bar with progress=False ...
     train_networks(cfg, bank, ["mnist_digit0"], [1], progress=True)
     assert "%|" in capsys.readouterr().err                          # ... and one with progress=True
+
+
+def test_wrapper_exit_codes(capsys):
+    from tanas_jax.cli.common import cli_main
+
+    def raising(exc):
+        def run(argv):
+            raise exc
+        return cli_main(run)
+
+    assert raising(UserError("bad   name\n here"))([]) == 2
+    assert capsys.readouterr().err == "error: bad name here\n"
+    assert raising(KeyboardInterrupt())([]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert raising(SystemExit(3))([]) == 3 and raising(SystemExit(None))([]) == 0
+    assert raising(SystemExit("boom"))([]) == 1
+    assert capsys.readouterr().err == "error: boom\n"
+    with pytest.raises(RuntimeError):               # a bug keeps its traceback
+        raising(RuntimeError("bug"))([])

@@ -43,8 +43,11 @@ def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | No
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        except SystemExit as e:   # --help / --version from argparse
-            return e.code if isinstance(e.code, int) else 0
+        except SystemExit as e:   # --help from argparse, or a benchmark's own exit
+            if e.code is None or isinstance(e.code, int):
+                return int(e.code or 0)
+            print(f"error: {e.code}", file=sys.stderr)
+            return 1
         return int(code or 0)
 
     return main
