@@ -15,7 +15,7 @@ import pytest
 from tanas_jax.errors import UserError
 from tanas_jax.fisher import fisher_diag, make_plan, per_example_grads
 from tanas_jax.fisher import engine
-from tanas_jax.models.layers import Conv, max_pool_2x2
+from tanas_jax.layers import Conv, max_pool_2x2
 
 
 # ---------------------------------------------------------------- test nets

@@ -48,7 +48,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tanas_jax.errors import UserError
-from tanas_jax.models.layers import Conv, extract_patches, resolve_padding
+from tanas_jax.layers import Conv, extract_patches, resolve_padding
 
 ESTIMATORS = ("empirical", "mc", "exact")
 METHODS = ("auto", "fast", "vmap")

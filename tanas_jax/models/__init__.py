@@ -1,6 +1,6 @@
 """Model registry: ``get_net(name)`` -> :class:`NetSpec`; ``build``/``init``/``make_apply``.
 
-Conventions (DESIGN.md): a model is a pure ``apply(variables, x) -> logits``
+Conventions: a model is a pure ``apply(variables, x) -> logits``
 in eval mode; ``variables = {'params': ..., 'batch_stats': ...}`` (no
 ``batch_stats`` for nets without BatchNorm).
 """
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from tanas_jax.errors import UserError, did_you_mean
 from tanas_jax.models import nets
-from tanas_jax.models.layers import Conv, max_pool_2x2, avg_pool_2x2  # noqa: F401
+from tanas_jax.layers import Conv, max_pool_2x2, avg_pool_2x2  # noqa: F401
 
 
 @dataclass(frozen=True)

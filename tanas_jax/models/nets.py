@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tanas_jax.models.layers import Conv, avg_pool_2x2, global_avg_pool, max_pool_2x2
+from tanas_jax.layers import Conv, avg_pool_2x2, global_avg_pool, max_pool_2x2
 
 # torch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5)
 BatchNorm = partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
