@@ -17,7 +17,7 @@ jitted block functions live in the caller's ``FisherEngine``.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
