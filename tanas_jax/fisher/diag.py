@@ -31,18 +31,28 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tanas_jax.errors import UserError
-from tanas_jax.fisher.core import (DEFAULT_MEMORY_BUDGET, ESTIMATORS, METHODS, FisherCaches, check_finite,
-                                   choose_microbatch, join_variables, labels_and_weights, split_variables)
+from tanas_jax.fisher.core import (
+    DEFAULT_MEMORY_BUDGET,
+    ESTIMATORS,
+    METHODS,
+    FisherCaches,
+    check_finite,
+    choose_microbatch,
+    join_variables,
+    labels_and_weights,
+    split_variables,
+)
 from tanas_jax.fisher.fast import Plan, fast_step, layer_sizes, make_plan
-
 
 # ----------------------------------------------------------------------------
 # steps: acc + (weighted squared per-example gradients of one microbatch)
@@ -373,7 +383,7 @@ def fisher_diag(apply: Callable, variables, x, y=None, *, estimator: str = "empi
             # jax 0.10.2: vmap of a grouped conv's kernel gradient inside
             # shard_map raises NotImplementedError; one device still works.
             warnings.warn("per-example gradients of grouped convolutions cannot be sharded "
-                          "with the vmap path in this jax version; using one device")
+                          "with the vmap path in this jax version; using one device", stacklevel=2)
             devs = devs[:1]
     check_finite(out, name)
     if return_info:

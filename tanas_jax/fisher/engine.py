@@ -16,11 +16,21 @@ state.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from tanas_jax.fisher.core import (DEFAULT_CACHE_SIZE, DEFAULT_MEMORY_BUDGET, ESTIMATORS, METHODS,
-                                   FisherCaches, check_finite, choose_microbatch, leaf_names, make_mesh,
-                                   per_example_grads, split_variables)
+from tanas_jax.fisher.core import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_MEMORY_BUDGET,
+    ESTIMATORS,
+    METHODS,
+    FisherCaches,
+    check_finite,
+    choose_microbatch,
+    leaf_names,
+    make_mesh,
+    per_example_grads,
+    split_variables,
+)
 from tanas_jax.fisher.diag import authors_postprocess, bytes_per_example, fisher_diag
 from tanas_jax.fisher.fast import LayerPlan, Plan, make_plan
 from tanas_jax.fisher.gram import cross_gram, gram_matrix, per_example_gradients

@@ -20,7 +20,7 @@ understands; layer types are recognised from :mod:`tanas_jax.layers` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

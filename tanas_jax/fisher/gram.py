@@ -17,15 +17,23 @@ jitted block functions live in the caller's ``FisherEngine``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tanas_jax.errors import UserError
-from tanas_jax.fisher.core import (DEFAULT_MEMORY_BUDGET, FisherCaches, check_finite, choose_microbatch,
-                                   example_keys, leaf_names, per_example_grads, split_variables)
+from tanas_jax.fisher.core import (
+    DEFAULT_MEMORY_BUDGET,
+    FisherCaches,
+    check_finite,
+    choose_microbatch,
+    example_keys,
+    leaf_names,
+    per_example_grads,
+    split_variables,
+)
 
 
 def _selection(params, head: str, common_shapes: dict | None = None):

@@ -12,11 +12,10 @@ output is a pure function of ``{'params', 'batch_stats'}`` and the input.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from tanas_jax.layers import Conv, avg_pool_2x2, global_avg_pool, max_pool_2x2
