@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tanas_jax.models.layers import Conv, max_pool_2x2
+from tanas_jax.layers import Conv, max_pool_2x2
 from tanas_jax.search.darts import (CompiledSteps, SearchConfig, SuperNetwork, _gen, cross_entropy,
                                     init_beta, init_supernet, make_optimizer, supernet_loss, unrolled_weights)
 
