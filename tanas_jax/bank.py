@@ -275,14 +275,15 @@ class Bank:
 
     def verify(self) -> list[dict]:
         """Check every entry; returns one record per entry with 'ok' and, if not, 'error'."""
-        report = []
+        records = (self._verify_file(t, path) for t, path in self._entry_files())
+        return [r for r in records if r is not None]
+
+    def _entry_files(self):
+        """``(task, path)`` of every file under every task folder, in a stable order."""
         for t in self.tasks():
             for dirpath, _, files in os.walk(self.task_dir(t)):
                 for f in sorted(files):
-                    record = self._verify_file(t, os.path.join(dirpath, f))
-                    if record is not None:
-                        report.append(record)
-        return report
+                    yield t, os.path.join(dirpath, f)
 
     def _verify_file(self, task: str, path: str) -> dict | None:
         """The verify record of one file (None for files checked with their partner or not ours)."""

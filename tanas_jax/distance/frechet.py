@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tanas_jax.distance.prepare import REDUCTIONS, align, normalize_leaves
+from tanas_jax.config import REDUCTIONS
+from tanas_jax.distance.prepare import align, normalize_leaves
 from tanas_jax.errors import UserError
 
 INV_SQRT2 = 1.0 / np.sqrt(2.0)
