@@ -12,8 +12,6 @@ Authors' code: ``0.5 * sum (sqrt F_b - sqrt F_t)^2`` = d_f**2 (same ranking).
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np

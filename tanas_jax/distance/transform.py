@@ -44,6 +44,11 @@ misses the bar, the distance is 1.0 and ``reached_quality`` is False.
 Everything is a pure function of the inputs and ``seed`` (init, shuffling,
 train/check split, tie-breaking in the magnitude sort is stable), so the same
 seed gives the same pruning schedule on the same machine.
+
+This module owns the distance (:func:`transform_distance`) and its table over
+banked networks (:func:`transform_distance_table`, pairs cached in the bank).
+The settings and their validation are :class:`tanas_jax.config.TransformConfig`
+(config section ``transform``).
 """
 from __future__ import annotations
 
