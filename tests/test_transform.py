@@ -332,6 +332,13 @@ def test_table_over_a_bank_caches_pairs(tmp_path):
     assert first["mean"][0][1] == p["mnist_digit0", "mnist_digit3"]["distance"]   # rows = source
     again = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
     assert again["timing"]["pairs_cached"] == 4 and again["mean"] == first["mean"]
+    column = T.transform_distance_table(bank, tasks, cfg, seeds=[0], targets=["mnist_digit3"], progress=False,
+                                        log=lambda *a: None)                       # the target column only
+    assert column["timing"]["pairs_total"] == column["timing"]["pairs_cached"] == 2
+    assert [row[1] for row in column["mean"]] == [row[1] for row in first["mean"]]
+    assert [row[0] for row in column["mean"]] == [None, None] and column["targets"] == ["mnist_digit3"]
+    with pytest.raises(UserError, match="not in the table"):
+        T.transform_distance_table(bank, tasks, cfg, seeds=[0], targets=["mnist_digit6"], progress=False)
     cfg.transform.tolerance = 0.05          # a changed setting is recomputed, never reused
     third = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
     assert third["timing"]["pairs_cached"] == 0

@@ -23,3 +23,8 @@ def seed_mean_std(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     if v.shape[axis] < 2:
         return mean, np.zeros_like(mean)
     return mean, v.std(axis, ddof=1)
+
+
+def finite_lists(m) -> list:
+    """A matrix as nested lists of floats, None where it is not finite (a pair not computed)."""
+    return [[(None if not np.isfinite(v) else float(v)) for v in row] for row in np.asarray(m)]

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from tanas_jax.config import section, to_dict, updated
-from tanas_jax.distance.stats import seed_mean_std
+from tanas_jax.distance.stats import finite_lists, seed_mean_std
 from tanas_jax.errors import UserError
 
 FISHER_KIND = "fisher_diag"
@@ -35,9 +35,10 @@ class FisherStore:
     """Loads networks and task data once; computes/caches Fishers in the bank.
 
     Each Fisher quantity is computed in one place: the diagonal in :meth:`_fisher_diag`, the
-    per-example gradients (shared by the Gram and the cross-Gram) in :meth:`_grads`, the Gram
-    spectrum and the cross-Gram terms in the ``compute`` closures of :meth:`gram_eigs` and
-    :meth:`cross`.  ``stats`` counts bank hits (``cached``) and misses (``computed``).
+    per-example gradients (shared by the Gram and the cross-Gram, the last few kept by
+    :meth:`_grads`) in :meth:`_per_example_gradients`, the Gram spectrum and the cross-Gram terms
+    in the ``compute`` closures of :meth:`gram_eigs` and :meth:`cross`.  ``stats`` counts bank
+    hits (``cached``) and misses (``computed``).
     """
 
     def __init__(self, bank, cfg, progress: bool = True, log=print, recompute: bool = False):
@@ -327,7 +328,7 @@ def _table_result(store: FisherStore, tasks, targets, seeds, per_seed, dc, wall:
     mean, std = seed_mean_std(per_seed)
     result = {
         "tasks": tasks, "targets": targets, "seeds": [int(s) for s in seeds], "net": store.net,
-        "mean": _lists(mean), "std": _lists(std), "per_seed": [_lists(m) for m in per_seed],
+        "mean": finite_lists(mean), "std": finite_lists(std), "per_seed": [finite_lists(m) for m in per_seed],
         "layout": "d[row=base][column=target]",
         "settings": {k: getattr(dc, k) for k in SETTINGS_FIELDS}, "fisher": store.fisher_record(),
         "datasets": {t: get_task(t).dataset for t in set(tasks) | set(targets)},
@@ -339,10 +340,6 @@ def _table_result(store: FisherStore, tasks, targets, seeds, per_seed, dc, wall:
     same = [t for t, b in result["closest"].items() if result["datasets"][b] == result["datasets"][t]]
     result["same_dataset_closest"] = {"count": len(same), "of": len(result["closest"]), "targets": same}
     return result
-
-
-def _lists(m):
-    return [[(None if not np.isfinite(v) else float(v)) for v in row] for row in np.asarray(m)]
 
 
 def rank_bases(result: dict, target: str) -> list[tuple[str, float, float]]:
@@ -422,32 +419,13 @@ def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
             "heatmap": plot_heatmap(os.path.join(out_dir, f"{stem}_heatmap.png"), result)}
 
 
-def _transform_column(bank, bases, target, cfg, seeds, progress, log) -> dict:
-    """Transform distances d(b -> target) for every base, as a table over ``bases + [target]``.
-
-    ``transform_distance_table`` computes whole K x K tables; when it accepts
-    ``targets=`` only the target column is computed, otherwise one 2 x 2
-    table per base (the target's own pair is cached in the bank after the
-    first), which is ~3 pairs per base instead of K + 1.
-    """
-    import inspect
-
+def _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute) -> dict:
+    """Transform distances d(b -> target) for every base: the target column of the table over
+    ``bases + [target]`` (the other entries None)."""
     from tanas_jax.distance.transform import transform_distance_table
 
-    tasks = list(bases) + [target]
-    if "targets" in inspect.signature(transform_distance_table).parameters:
-        return transform_distance_table(bank, tasks, cfg, seeds=seeds, targets=[target], progress=progress,
-                                        log=log)
-    k = len(tasks)
-    mean, std = np.full((k, k), np.nan), np.full((k, k), np.nan)
-    per_seed = np.full((len(seeds), k, k), np.nan)
-    for i, b in enumerate(bases):
-        r = transform_distance_table(bank, [b, target], cfg, seeds=seeds, progress=progress, log=log)
-        mean[i, k - 1], std[i, k - 1] = r["mean"][0][1], r["std"][0][1]
-        per_seed[:, i, k - 1] = np.asarray(r["per_seed"])[:, 0, 1]
-    mean[k - 1, k - 1] = std[k - 1, k - 1] = 0.0
-    return {"tasks": tasks, "targets": [target], "seeds": [int(s) for s in seeds], "mean": _lists(mean),
-            "std": _lists(std), "per_seed": [_lists(m) for m in per_seed], "settings": {"metric": "transform"}}
+    return transform_distance_table(bank, list(bases) + [target], cfg, seeds=seeds, targets=[target],
+                                    progress=progress, log=log, recompute=recompute)
 
 
 def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None, seeds=None,
@@ -469,7 +447,7 @@ def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None
     if not seeds:
         raise UserError("no seeds given; pass at least one network seed")
     if metric == "transform":
-        table = _transform_column(bank, bases, target, cfg, seeds, progress, log)
+        table = _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute)
     elif metric in FISHER_METRICS:
         if configured != metric:
             cfg = updated(cfg, {"distance.metric": metric})

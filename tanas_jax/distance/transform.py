@@ -67,7 +67,7 @@ from tanas_jax.config import (  # noqa: F401 - the valid values, re-exported
     ACTIVATIONS, CRITERIA, REFERENCES, SCOPES, TransformConfig, from_section, section, to_dict, updated,
 )
 from tanas_jax.bank import inputs_digest
-from tanas_jax.distance.stats import seed_mean_std
+from tanas_jax.distance.stats import finite_lists, seed_mean_std
 from tanas_jax.errors import UserError
 
 ARTIFACT_KIND = "transform_distance"
@@ -463,7 +463,7 @@ def _strip(result: dict) -> dict:
 
 
 def transform_distance_table(bank, tasks, cfg, seeds=(0,), progress: bool = True, source=None,
-                             log=print, recompute: bool = False) -> dict:
+                             log=print, recompute: bool = False, *, targets=None) -> dict:
     """TA-NAS distance matrix over banked networks (paper Fig. 2).
 
     ``mean[i][j]`` = d(tasks[i] -> tasks[j]): the transform maps the
@@ -477,22 +477,28 @@ def transform_distance_table(bank, tasks, cfg, seeds=(0,), progress: bool = True
     digest of the settings and of both networks' checksums, so a changed
     setting or a retrained network is recomputed, never reused.
 
-    Returns ``{'tasks', 'seeds', 'mean', 'std', 'per_seed', 'pairs', 'net',
-    'config', 'data', 'networks', 'timing'}`` (matrices as nested lists, rows =
-    source task, columns = target task).  ``std`` is the sample std over seeds
-    (``ddof=1``), 0.0 with one seed (:func:`~tanas_jax.distance.stats.seed_mean_std`).
+    ``targets``: only these columns are computed (default: every task); the
+    other entries are None.
+
+    Returns ``{'tasks', 'targets', 'seeds', 'mean', 'std', 'per_seed', 'pairs',
+    'net', 'config', 'data', 'networks', 'timing'}`` (matrices as nested lists,
+    rows = source task, columns = target task).  ``std`` is the sample std over
+    seeds (``ddof=1``), 0.0 with one seed (:func:`~tanas_jax.distance.stats.seed_mean_std`).
     """
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     run, tasks, seeds = _start_table(bank, tasks, cfg, seeds, source, progress, log, recompute)
+    targets = _check_targets(tasks, targets)
     t_nets = time.perf_counter() - t_start
     n = len(tasks)
     per_seed = np.full((len(seeds), n, n), np.nan)
     pairs = []
-    bar = tqdm(total=len(seeds) * n * n, desc="transform distance", unit="pair", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(seeds) * n * len(targets), desc="transform distance", unit="pair",
+               disable=not progress, dynamic_ncols=True)
     for j, b in enumerate(tasks):
+        if b not in targets:
+            continue
         target = _TargetData(run, b)
         for si, s in enumerate(seeds):
             for i, a in enumerate(tasks):
@@ -502,7 +508,20 @@ def transform_distance_table(bank, tasks, cfg, seeds=(0,), progress: bool = True
                 bar.update(1)
                 bar.set_postfix(last=f"{a}->{b}", d=f"{result['distance']:.4f}")
     bar.close()
-    return _table_result(run, tasks, seeds, per_seed, pairs, t_nets, t_start)
+    return _table_result(run, tasks, targets, seeds, per_seed, pairs, t_nets, t_start)
+
+
+def _check_targets(tasks: list, targets) -> list:
+    """The target columns (canonical names, each one of ``tasks``); every task when None."""
+    from tanas_jax.tasks import canonical
+
+    if targets is None:
+        return list(tasks)
+    targets = [canonical(t) for t in targets]
+    missing = [t for t in targets if t not in tasks]
+    if missing:
+        raise UserError(f"target {', '.join(missing)} is not in the table's tasks: {', '.join(tasks)}")
+    return targets
 
 
 @dataclasses.dataclass
@@ -636,15 +655,15 @@ def _pair_row(a: str, b: str, seed: int, result: dict, hit: bool) -> dict:
             "time_s": result["timing"]["total_s"]}
 
 
-def _table_result(run: _TableRun, tasks, seeds, per_seed, pairs, t_nets: float, t_start: float) -> dict:
+def _table_result(run: _TableRun, tasks, targets, seeds, per_seed, pairs, t_nets: float, t_start: float) -> dict:
     mean, std = seed_mean_std(per_seed)
     networks = {f"{t}/seed{s}": {"test_accuracy": (m.get("metrics") or {}).get("test_accuracy"),
                                   "reached_epsilon": (m.get("metrics") or {}).get("reached_epsilon"),
                                   "sha256": run.checksums[t, s]}
                 for (t, s), (_, m) in run.nets.items()}
     return {
-        "metric": "transform", "tasks": tasks, "seeds": seeds, "net": run.net,
-        "mean": mean.tolist(), "std": std.tolist(), "per_seed": per_seed.tolist(),
+        "metric": "transform", "tasks": tasks, "targets": targets, "seeds": seeds, "net": run.net,
+        "mean": finite_lists(mean), "std": finite_lists(std), "per_seed": [finite_lists(m) for m in per_seed],
         "orientation": "rows = source task A (features transformed), columns = target task B",
         "pairs": pairs, "config": to_dict(run.tcfg), "source": run.source, "networks": networks,
         "timing": {"networks_s": t_nets, "total_s": time.perf_counter() - t_start,
