@@ -6,13 +6,16 @@
   :func:`closest_bases` (bases ordered by distance to a target).
 * :mod:`tanas_jax.distance.transform` — transform-network distance (TA-NAS),
   imported lazily (it pulls optax training code).
+* :mod:`tanas_jax.distance.stats` — mean and sample std over network seeds.
+
+The settings (metric, spectrum, σ², normalisation, head, transform schedule) and their valid
+values live in :mod:`tanas_jax.config`; the names below are re-exported from there.
 """
+from tanas_jax.config import HEAD_MODES, METRICS, NORMALIZATIONS, REDUCTIONS, SPECTRA  # noqa: F401
 from tanas_jax.distance.frechet import frechet_distance_diag, frechet_distance_full, nuclear_norm  # noqa: F401
 from tanas_jax.distance.logdet import (  # noqa: F401
     logdet_distance_diag, logdet_distance_eq1_diag, logdet_distance_full, logdet_full,
 )
-from tanas_jax.distance.prepare import HEAD_MODES, NORMALIZATIONS, REDUCTIONS, align  # noqa: F401
+from tanas_jax.distance.prepare import align  # noqa: F401
+from tanas_jax.distance.stats import seed_mean_std  # noqa: F401
 from tanas_jax.distance.table import closest_bases, rank_target  # noqa: F401
-
-METRICS = ("logdet", "frechet", "transform")
-SPECTRA = ("diag", "full")

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tanas_jax.distance.prepare import REDUCTIONS, align, check_sigma2, normalize_leaves
+from tanas_jax.config import REDUCTIONS
+from tanas_jax.distance.prepare import align, check_sigma2, normalize_leaves
 from tanas_jax.errors import UserError
 
 
