@@ -41,8 +41,9 @@ class FisherStore:
     hits (``cached``) and misses (``computed``).
     """
 
-    def __init__(self, bank, cfg, progress: bool = True, log=print, recompute: bool = False):
+    def __init__(self, bank, cfg, progress: bool = True, log=print, recompute: bool = False, engine=None):
         from tanas_jax import models
+        from tanas_jax.fisher import FisherEngine
 
         self.bank, self.cfg, self.progress, self.log, self.recompute = bank, cfg, progress, log, recompute
         self.net = section(cfg, "train").net
@@ -56,6 +57,8 @@ class FisherStore:
         self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0}
         self._grad_cache: dict = {}
         self._grad_keep = 12   # per-example gradient matrices kept (a target and its bases)
+        # compiled Fisher steps and Gram blocks live here (bounded), not in module globals
+        self.engine = engine if engine is not None else FisherEngine()
 
     def fisher_record(self) -> dict:
         """The Fisher settings as plain data (the ``fisher`` section + ``distance.authors_fisher``)."""
@@ -160,7 +163,8 @@ class FisherStore:
                                  rng=jax.random.PRNGKey(seed), method=fc.method,
                                  microbatch=fc.microbatch, memory_budget=fc.memory_budget_mb * 2**20,
                                  authors=self.authors_fisher, progress=False,
-                                 name=f"network {net_task} (seed {seed}) on {data_task} data", return_info=True)
+                                 name=f"network {net_task} (seed {seed}) on {data_task} data", return_info=True,
+                                 engine=self.engine)
         tree = jax.tree_util.tree_map(np.asarray, tree)
         dt = time.perf_counter() - t0
         self.stats["fisher_seconds"] += dt
@@ -195,7 +199,7 @@ class FisherStore:
         t0 = time.perf_counter()
         g = per_example_gradients(apply, variables, x, y, estimator=fc.estimator,
                                   rng=jax.random.PRNGKey(seed), microbatch=fc.microbatch,
-                                  memory_budget=fc.memory_budget_mb * 2**20)
+                                  memory_budget=fc.memory_budget_mb * 2**20, engine=self.engine)
         self.stats["fisher_seconds"] += time.perf_counter() - t0
         return g
 
