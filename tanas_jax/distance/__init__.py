@@ -1,4 +1,7 @@
-"""Task distances between trained networks.
+"""Task distances between trained networks: how far a target task is from each base task.
+
+This package takes Fishers and Gram spectra from :mod:`tanas_jax.fisher` and trained networks from
+the bank; it never imports ``search``, ``pipeline`` or ``cli``.  The maths is in docs/background.md.
 
 * :mod:`tanas_jax.distance.logdet` — LD-NAS eq. (1)/(2), diagonal and full spectra.
 * :mod:`tanas_jax.distance.frechet` — slides eq. (8) (diagonal) and (7) (full).
