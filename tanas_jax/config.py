@@ -23,7 +23,8 @@ import importlib.util
 import os
 import types
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tanas_jax.errors import UserError, did_you_mean
 

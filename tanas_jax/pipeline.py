@@ -32,7 +32,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tanas_jax.config import updated
 from tanas_jax.errors import UserError

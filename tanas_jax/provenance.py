@@ -49,6 +49,6 @@ def stamp() -> dict:
     return {
         "versions": versions(),
         "machine": machine(),
-        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
     }

@@ -29,7 +29,7 @@ split, used only for final reports, never for selection.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

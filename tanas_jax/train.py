@@ -7,11 +7,11 @@ the last batch and masks it).  Same seed -> same parameters on the same machine.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

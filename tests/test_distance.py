@@ -7,10 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tanas_jax.distance import (align, frechet_distance_diag, frechet_distance_full, logdet_distance_diag,
-                                logdet_distance_eq1_diag, logdet_distance_full, logdet_full, nuclear_norm)
+from tanas_jax.distance import (
+    align,
+    frechet_distance_diag,
+    frechet_distance_full,
+    logdet_distance_diag,
+    logdet_distance_eq1_diag,
+    logdet_distance_full,
+    logdet_full,
+    nuclear_norm,
+)
 from tanas_jax.errors import UserError
 from tanas_jax.fisher import cross_gram, fisher_diag, gram_eigenvalues, gram_matrix, per_example_grads
 

@@ -236,7 +236,7 @@ def test_full_spectrum_tables_on_the_tiny_bank(tiny):
     assert np.all(res["frechet"] <= 1)
     # direct: d[digit0 -> 10way] from gram_matrix / cross_gram
     store = FisherStore(bank, cfg, progress=False)
-    (vb, mb), (vt, mt) = store.network("mnist_digit0", 0), store.network("mnist_10way", 0)
+    (vb, _), (vt, _) = store.network("mnist_digit0", 0), store.network("mnist_10way", 0)
     x, y, _ = store.data("mnist_10way", full=True)
     ab, at = models.make_apply("small_cnn", 2), models.make_apply("small_cnn", 10)
     kw = dict(rng=jax.random.PRNGKey(0))

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tanas_jax.config import TransformConfig, from_section, section
 from tanas_jax.distance import transform as T
@@ -324,7 +325,8 @@ def test_table_over_a_bank_caches_pairs(tmp_path):
               "net_a": first["networks"]["mnist_digit0/seed0"]["sha256"],
               "net_b": first["networks"]["mnist_digit3/seed0"]["sha256"]}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    stored = bank.load_artifact("mnist_digit3", "transform_distance", f"from=mnist_digit0+net=small_cnn+seed=0+{digest}")
+    key = f"from=mnist_digit0+net=small_cnn+seed=0+{digest}"
+    stored = bank.load_artifact("mnist_digit3", "transform_distance", key)
     assert stored is not None and stored[1]["result"]["distance"] == first["mean"][0][1]
     assert np.all((np.asarray(first["mean"]) > 0) & (np.asarray(first["mean"]) <= 1))
     assert first["timing"]["pairs_cached"] == 0

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tanas_jax.config import PRESETS, apply_override, load_config, updated  # noqa: F401  (re-exported)
 from tanas_jax.errors import UserError, did_you_mean

@@ -11,9 +11,24 @@ from __future__ import annotations
 
 import argparse
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
-                                  open_bank, parse_name, parse_seeds, parse_task, parse_tasks, print_table,
-                                  progress_from_args, run_as_script, updated, write_result)
+from tanas_jax.cli.common import (
+    add_common_args,
+    check_out_dir,
+    cli_main,
+    config_from_args,
+    logger,
+    make_parser,
+    open_bank,
+    parse_name,
+    parse_seeds,
+    parse_task,
+    parse_tasks,
+    print_table,
+    progress_from_args,
+    run_as_script,
+    updated,
+    write_result,
+)
 from tanas_jax.cli.fisher import add_fisher_args, fisher_config
 from tanas_jax.config import HEAD_MODES, METRICS, NORMALIZATIONS, REDUCTIONS, SPECTRA
 from tanas_jax.errors import UserError

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
-                                  open_bank, parse_task, print_table, progress_from_args, run_as_script, updated,
-                                  write_result)
+from tanas_jax.cli.common import (
+    add_common_args,
+    check_out_dir,
+    cli_main,
+    config_from_args,
+    logger,
+    make_parser,
+    open_bank,
+    parse_task,
+    print_table,
+    progress_from_args,
+    run_as_script,
+    updated,
+    write_result,
+)
 from tanas_jax.config import ESTIMATORS, FISHER_METHODS
 from tanas_jax.errors import UserError
 

@@ -19,9 +19,21 @@ import os
 import re
 import time
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
-                                  open_bank, parse_task, print_table, progress_from_args, run_as_script, updated,
-                                  write_result)
+from tanas_jax.cli.common import (
+    add_common_args,
+    check_out_dir,
+    cli_main,
+    config_from_args,
+    logger,
+    make_parser,
+    open_bank,
+    parse_task,
+    print_table,
+    progress_from_args,
+    run_as_script,
+    updated,
+    write_result,
+)
 from tanas_jax.errors import UserError
 
 COLUMNS = ["method", "space", "test_acc", "val_acc", "params", "search_s", "compile_s", "evals", "winner"]

@@ -22,9 +22,22 @@ import argparse
 import os
 import shutil
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
-                                  open_bank, parse_name, parse_seeds, parse_task, print_table, progress_from_args,
-                                  run_as_script, write_result)
+from tanas_jax.cli.common import (
+    add_common_args,
+    check_out_dir,
+    cli_main,
+    config_from_args,
+    logger,
+    make_parser,
+    open_bank,
+    parse_name,
+    parse_seeds,
+    parse_task,
+    print_table,
+    progress_from_args,
+    run_as_script,
+    write_result,
+)
 
 METHODS = ("darts1", "darts2", "tetlo", "fuse")
 COLUMNS = ["method", "seed", "skip_connect", "val_acc", "test_acc", "search_s", "compile_s", "cell"]

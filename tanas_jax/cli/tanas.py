@@ -14,9 +14,21 @@ import argparse
 import json
 import os
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, make_parser,
-                                  open_bank, parse_name, parse_tasks, print_table, progress_from_args,
-                                  run_as_script, updated, write_result)
+from tanas_jax.cli.common import (
+    add_common_args,
+    check_out_dir,
+    cli_main,
+    config_from_args,
+    make_parser,
+    open_bank,
+    parse_name,
+    parse_tasks,
+    print_table,
+    progress_from_args,
+    run_as_script,
+    updated,
+    write_result,
+)
 from tanas_jax.config import METRICS
 
 

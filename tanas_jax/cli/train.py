@@ -3,9 +3,22 @@ from __future__ import annotations
 
 import argparse
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
-                                  open_bank, parse_seeds, parse_tasks, print_table, progress_from_args,
-                                  run_as_script, updated, write_result)
+from tanas_jax.cli.common import (
+    add_common_args,
+    check_out_dir,
+    cli_main,
+    config_from_args,
+    logger,
+    make_parser,
+    open_bank,
+    parse_seeds,
+    parse_tasks,
+    print_table,
+    progress_from_args,
+    run_as_script,
+    updated,
+    write_result,
+)
 from tanas_jax.errors import UserError
 
 COLUMNS = ["task", "net", "seed", "test_acc", "val_acc", "reached_1-eps", "train_s", "status", "source"]

@@ -220,7 +220,7 @@ def load_dataset(name: str, source: str = "auto", data_dir: str | None = None) -
     """Load dataset ``name`` from ``source`` (``auto``: tfds -> files -> bundled)."""
     if source not in SOURCES:
         raise UserError(f"unknown data source '{source}': valid: {', '.join(SOURCES)}")
-    info = get_dataset_info(name)
+    get_dataset_info(name)   # refuses an unknown dataset name before any loading
     return _load_cached(name, source, data_dir or os.environ.get("TANAS_DATA_DIR") or None,
                         _tfds_tag())
 

@@ -82,7 +82,7 @@ def load_idx_dir(directory: str) -> dict[str, np.ndarray]:
 
 
 def cifar_dir_complete(directory: str, dataset: str) -> bool:
-    names = (["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]) if dataset == "cifar10" \
+    names = ([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]) if dataset == "cifar10" \
         else ["train", "test"]
     return all(os.path.exists(os.path.join(directory, n)) for n in names)
 

@@ -47,7 +47,8 @@ def frechet_distance_diag(fb, ft, *, normalization: str = "network", reduction: 
         return float(_hellinger(b, t))
     ds = []
     for lb, lt in zip(b, t):
-        nb, nt = normalize_leaves([lb], "network", f"Fisher of {names[0]}"), normalize_leaves([lt], "network", f"Fisher of {names[1]}")
+        nb = normalize_leaves([lb], "network", f"Fisher of {names[0]}")
+        nt = normalize_leaves([lt], "network", f"Fisher of {names[1]}")
         ds.append(float(_hellinger(nb, nt)))
     return float(np.mean(ds))
 

@@ -44,8 +44,8 @@ def align(fb, ft, head: str = "pad", names: tuple[str, str] = ("base", "target")
                             "these networks have only a head — use --head pad")
     if set(lb) != set(lt):
         only = sorted(set(lb) ^ set(lt))[0]
-        raise UserError(f"Fishers of incompatible networks ({names[0]} vs {names[1]}): layer {only} exists in only one; "
-                        "compare networks of the same architecture (same --net)")
+        raise UserError(f"Fishers of incompatible networks ({names[0]} vs {names[1]}): layer {only} exists in only "
+                        "one; compare networks of the same architecture (same --net)")
     out_b, out_t, keys = [], [], []
     for k in leaf_names(fb):
         if k not in lb:

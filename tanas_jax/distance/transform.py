@@ -56,17 +56,26 @@ import dataclasses
 import functools
 import json
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tanas_jax.config import (  # noqa: F401 - the valid values, re-exported
-    ACTIVATIONS, CRITERIA, REFERENCES, SCOPES, TransformConfig, from_section, section, to_dict, updated,
-)
 from tanas_jax.bank import inputs_digest
+from tanas_jax.config import (  # noqa: F401 - the valid values, re-exported
+    ACTIVATIONS,
+    CRITERIA,
+    REFERENCES,
+    SCOPES,
+    TransformConfig,
+    from_section,
+    section,
+    to_dict,
+    updated,
+)
 from tanas_jax.distance.stats import finite_lists, seed_mean_std
 from tanas_jax.errors import UserError
 
