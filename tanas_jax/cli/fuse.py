@@ -65,7 +65,10 @@ def run(argv) -> int:
     from tanas_jax import tasks
     from tanas_jax.errors import UserError
     from tanas_jax.search import checkpoint as ckpt
-    from tanas_jax.search.fuse import FuseConfig, fuse_search
+    from tanas_jax.config import FuseConfig, from_section, section
+    from tanas_jax.search.fuse import fuse_search
+    from tanas_jax.search.network import get_skeleton
+    from tanas_jax.search.runtime import enable_compilation_cache
     from tanas_jax.search.genotype import Genotype
     from tanas_jax.search.plots import plot_alpha
     from tanas_jax.search.random_search import random_search
@@ -73,7 +76,8 @@ def run(argv) -> int:
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    fcfg = FuseConfig.from_config(cfg.fuse, candidates=args.candidates, rounds=args.rounds)
+    fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds)
+    enable_compilation_cache(fcfg.compilation_cache)
     target = tasks.canonical(args.task)
     check_out_dir(args.out)
     bank = open_bank(args)
@@ -104,9 +108,9 @@ def run(argv) -> int:
             os.unlink(ckpt.path(ck_dir))
         log(f"== {m}: space {space.name} ({len(space.ops)} ops: {', '.join(space.ops)}; {space.size()} cells)")
         if m == "random":
-            res = random_search(data, space, fcfg, args.seed, log=log)
+            res = random_search(data, space, fcfg, args.seed, final=section(cfg, "final"), log=log)
         else:
-            res = fuse_search(data, space, fcfg, args.seed, checkpoint_dir=ck_dir, log=log)
+            res = fuse_search(data, space, fcfg, args.seed, final=section(cfg, "final"), checkpoint_dir=ck_dir, log=log)
             if args.out and res["history"]:
                 res["alpha_plot"] = plot_alpha(res["history"], os.path.join(args.out, f"alpha_{_slug(m)}.png"),
                                                f"FUSE {target}, space {m}")
@@ -124,7 +128,7 @@ def run(argv) -> int:
     banked = None
     if fuse_runs and not args.no_bank_write and cfg.search.write_bank:
         m, best = max(fuse_runs, key=lambda mr: mr[1]["final"]["val_accuracy"])
-        meta = {"source": "bin/fuse", "space": m, "seed": args.seed, "skeleton": fcfg.to_dict()["skeleton"],
+        meta = {"source": "bin/fuse", "space": m, "seed": args.seed, "skeleton": get_skeleton(fcfg.skeleton).to_dict(),
                 "val_accuracy": best["final"]["val_accuracy"], "test_accuracy": best["final"]["test_accuracy"],
                 "params": best["final"]["params"], "data": data.record(), "out": args.out}
         bank.save_genotype(target, Genotype.from_dict(best["winner"]).to_dict(), meta)

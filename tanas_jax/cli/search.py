@@ -84,14 +84,15 @@ def run(argv) -> int:
     import numpy as np
 
     from tanas_jax import tasks
-    from tanas_jax.search.darts import SearchConfig, differentiable_search, plot_beta_history
+    from tanas_jax.config import DartsConfig, from_section, section, to_dict
+    from tanas_jax.search.darts import plot_beta_history
+    from tanas_jax.search.methods import SearchSettings, run_search
+    from tanas_jax.search.runtime import enable_compilation_cache
     from tanas_jax.search.spaces import resolve_space
 
     cfg = config_from_args(args)
-    dsec = cfg.search.darts.to_dict() if "darts" in cfg.search else {}
-    if dsec.get("input_shape") is None:
-        dsec["input_shape"] = tuple(cfg.search.input_shape)
-    scfg = SearchConfig.from_config(dsec, steps=args.steps)
+    scfg = from_section(DartsConfig, section(cfg, "search.darts"), steps=args.steps)
+    enable_compilation_cache(section(cfg, "fuse").compilation_cache)   # also serves the final training
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     except ValueError:
@@ -113,6 +114,10 @@ def run(argv) -> int:
         val_fraction=cfg.data.val_fraction, max_train=cfg.search.max_train, max_eval=cfg.data.max_eval,
         normalization=cfg.data.normalization, data_dir=cfg.data.data_dir)
     log(data.summary())
+    final_data = data if tuple(cfg.search.input_shape) == scfg.input_shape else tasks.load_task_data(
+        target, tuple(cfg.search.input_shape), cfg.data.source, split_seed=cfg.data.split_seed,
+        val_fraction=cfg.data.val_fraction, max_train=cfg.search.max_train, max_eval=cfg.data.max_eval,
+        normalization=cfg.data.normalization, data_dir=cfg.data.data_dir)
     if len(space.structures) > 1:
         log(f"search: space {space.name} has {len(space.structures)} cell structures; the supernet searches the "
             "first (the closest task's)")
@@ -125,8 +130,9 @@ def run(argv) -> int:
             if args.restart and os.path.isdir(ck):
                 shutil.rmtree(ck)
             os.makedirs(ck, exist_ok=True)
-        res = differentiable_search(method, data, space, scfg, seed, checkpoint_dir=ck, log=log,
-                                    final=not args.no_final)
+        res = run_search(method, data, space, SearchSettings(darts=scfg, final=None if args.no_final else
+                                                             section(cfg, "final")),
+                         seed, checkpoint_dir=ck, log=log, final_data=final_data)
         if args.out:
             res["beta_plot"] = plot_beta_history(res, os.path.join(args.out, f"beta_{method}_seed{seed}.png"))
         runs.append(res)
@@ -156,7 +162,7 @@ def run(argv) -> int:
                "test_accuracy_mean": float(np.mean(tests)) if None not in tests else None,
                "test_accuracy_std": float(np.std(tests)) if None not in tests else None}
     write_result(args.out, {"command": "search", "method": method, "task": target, "seeds": seeds,
-                            "data": data.record(), "config": cfg.to_dict(), "settings": scfg.to_dict(),
+                            "data": data.record(), "config": cfg.to_dict(), "settings": to_dict(scfg),
                             "space": space.to_dict(), "runs": runs, "summary": summary,
                             "bank": bank.root if banked else None})
     return 0

@@ -174,10 +174,12 @@ class Pipeline:
 
     def _search(self, task, data, label, space, fcfg, method) -> dict:
         """One search (FUSE or random), cached in the bank by a fingerprint of its inputs."""
+        from tanas_jax.config import section, to_dict
         from tanas_jax.search.fuse import fuse_search
         from tanas_jax.search.random_search import random_search
 
-        key = "search-" + _fingerprint({"method": method, "space": space.to_dict(), "fuse": fcfg.to_dict(),
+        key = "search-" + _fingerprint({"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg),
+                                        "final": to_dict(section(self.cfg, "final")),
                                         "seed": self.args.seed, "data": data.record()})
         hit = self.bank.load_artifact(task, "searches", key)
         if hit is not None:
@@ -187,9 +189,10 @@ class Pipeline:
         self.log(f"== {method} for {task}, space {label}: {len(space.ops)} ops ({', '.join(space.ops)}), "
                  f"{space.size()} cells")
         if method == "random":
-            res = random_search(data, space, fcfg, self.args.seed, log=self.log)
+            res = random_search(data, space, fcfg, self.args.seed, final=section(self.cfg, "final"), log=self.log)
         else:
-            res = fuse_search(data, space, fcfg, self.args.seed, checkpoint_dir=ck, log=self.log)
+            res = fuse_search(data, space, fcfg, self.args.seed, final=section(self.cfg, "final"), checkpoint_dir=ck,
+                              log=self.log)
         import numpy as np
 
         self.bank.save_artifact(task, "searches", key, {"done": np.ones(1, np.int8)},
@@ -198,13 +201,15 @@ class Pipeline:
         return res
 
     def run(self, out: str | None) -> dict:
-        from tanas_jax.search.fuse import FuseConfig
+        from tanas_jax.config import section
         from tanas_jax.search.genotype import Genotype
+        from tanas_jax.search.runtime import enable_compilation_cache
         from tanas_jax.search.spaces import resolve_space, standard_space
 
         self.out = out
         t_all = time.perf_counter()
-        fcfg = FuseConfig.from_config(self.cfg.fuse)
+        fcfg = section(self.cfg, "fuse")
+        enable_compilation_cache(fcfg.compilation_cache)
         self.log(f"target {self.target}; {len(self.bases)} bases: {', '.join(self.bases)}; metric {self.metric}; "
                  f"top-{self.k}; net {self.cfg.train.net}; seeds {self.seeds}")
         nets = self.networks()
