@@ -82,7 +82,7 @@ def test_space_json_file(tmp_path):
     (["--task", "mnist_10way", "--space", "ops:conv_9x9"], "unknown op"),
     (["--task", "mnist_10way", "--space", "from:mnist_digit6"], "no genotype"),
     (["--task", "nope", "--space", "standard"], "unknown task"),
-    (["--task", "mnist_10way", "--candidates", "1"], "candidates must be >= 2"),
+    (["--task", "mnist_10way", "--candidates", "1"], "fuse.candidates: must be >= 2"),
     (["--task", "mnist_10way", "--compare", ","], "--compare is empty"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, match):
