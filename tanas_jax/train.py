@@ -15,7 +15,6 @@ from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

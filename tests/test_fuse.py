@@ -19,7 +19,7 @@ from tanas_jax.config import FinalConfig, FuseConfig
 from tanas_jax.errors import CorruptEntryError, UserError
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search import runtime
-from tanas_jax.search.fuse import FuseSteps, fuse_search, mixture_logits, run_round
+from tanas_jax.search.fuse import FuseSteps, mixture_logits, run_round
 from tanas_jax.search.genotype import Genotype, authors_cell_structure
 from tanas_jax.search.random_search import random_search
 from tanas_jax.search.spaces import resolve_space

@@ -45,7 +45,7 @@ import numpy as np
 from tanas_jax.errors import UserError
 from tanas_jax.models.layers import Conv
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
-from tanas_jax.search.ops import BatchNormNoAffine, ReLUConvBN, make_op
+from tanas_jax.search.ops import ReLUConvBN, make_op
 
 
 @dataclasses.dataclass(frozen=True)
