@@ -195,3 +195,13 @@ def test_bad_input_is_one_line_user_error():
         from_section(DartsConfig, {"tetlo": {"qrs_temperature": 0.0}})
     for e in (UserError("x"),):
         assert "\n" not in str(e)
+
+
+def test_search_settings_read_the_config_sections():
+    from tanas_jax.config import FuseConfig, load_config
+
+    cfg = load_config("quick", ["final.steps=7", "search.darts.steps=5", "fuse.rounds=2"])
+    s = SearchSettings.from_config(cfg)
+    assert isinstance(s.fuse, FuseConfig) and s.fuse.rounds == 2
+    assert s.darts.steps == 5 and s.darts.input_shape == (20, 20, 1) and s.final.steps == 7
+    assert SearchSettings.from_config(cfg, final=False).final is None

@@ -15,6 +15,7 @@ Public API::
     batch_at(x, y, bs, seed, stream, step)      # stateless batch of (seed, stream, step) (DARTS)
     predict(fn, x, batch_size) / accuracy(fn, x, y, batch_size)   # the one padded eval loop
     SingleSteps(genotype, skeleton, num_classes, recipe, input_shape)   # one cell net, Adam
+    single_steps(genotype, num_classes, recipe, input_shape) -> SingleSteps (cached)
     train_single(genotype, data, recipe, seed_parts, steps) -> (SingleSteps, state, info)
     train_final(genotype, data, final: FinalConfig, seed) -> dict
 
@@ -64,7 +65,7 @@ from tanas_jax.train import cross_entropy, padded_batches
 __all__ = ["FINAL_STREAM", "DEFAULT_FINAL", "CACHE_ENV", "rng", "seed_sequence", "cross_entropy", "fingerprint",
            "enable_compilation_cache", "max_one_trace", "CompiledSteps", "StepCache", "STEP_CACHE",
            "BatchStream", "batch_at", "phase_gated", "predict", "accuracy", "input_shape_of", "SingleSteps",
-           "train_single", "train_final", "padded_batches"]
+           "single_steps", "train_single", "train_final", "padded_batches"]
 
 FINAL_STREAM = 1_000_000
 CACHE_ENV = "TANAS_XLA_CACHE"
