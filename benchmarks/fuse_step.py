@@ -13,7 +13,6 @@ of one FUSE round with the config's stage settings.  Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -53,7 +52,8 @@ def main(argv=None) -> int:
     from tanas_jax import provenance
     from tanas_jax.config import FuseConfig, from_section
     from tanas_jax.search.fuse import FuseSteps, run_round
-    from tanas_jax.search.runtime import CACHE_ENV, enable_compilation_cache, rng as stream
+    from tanas_jax.search.runtime import CACHE_ENV, enable_compilation_cache
+    from tanas_jax.search.runtime import rng as stream
     from tanas_jax.search.spaces import resolve_space
 
     shape = (args.size, args.size, 3)
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     for c, g in enumerate(cands):
         fs = FuseSteps([g], args.skeleton, 10, cfg, shape)
         s = fs.init_state([args.seed, 0, 1, c])
-        singles.append({"genotype": g.short(), "step_s": _median_time(lambda: fs.weight_step(s, x, y), args.repeats),
-                        "compile_s": fs.compile_s})
+        step_s = _median_time(lambda fs=fs, s=s: fs.weight_step(s, x, y), args.repeats)
+        singles.append({"genotype": g.short(), "step_s": step_s, "compile_s": fs.compile_s})
     t_sep = sum(s["step_s"] for s in singles)
     res = {"benchmark": "fuse_step", "space": space.name, "candidates": args.candidates, "batch": args.batch,
            "input_shape": list(shape), "skeleton": args.skeleton, "repeats": args.repeats,

@@ -36,6 +36,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed(fn):
+    """``(fn(), seconds it took)``."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
 def bench_net(net: str, examples: int, microbatch: int, repeats: int, method: str) -> dict:
     import jax
     import jax.numpy as jnp
@@ -70,13 +77,13 @@ def bench_net(net: str, examples: int, microbatch: int, repeats: int, method: st
     def fisher():
         return jax.block_until_ready(fisher_diag(apply, variables, x, y, microbatch=microbatch, method=method))
 
-    t0 = time.perf_counter(); plain(); c_plain = time.perf_counter() - t0
-    t0 = time.perf_counter(); _, info = fisher_diag(apply, variables, x, y, microbatch=microbatch, method=method,
-                                                    return_info=True); c_fisher = time.perf_counter() - t0
+    _, c_plain = _timed(plain)
+    (_, info), c_fisher = _timed(lambda: fisher_diag(apply, variables, x, y, microbatch=microbatch, method=method,
+                                                     return_info=True))
     tp, tf = [], []
     for _ in range(repeats):  # alternate the two methods
-        t0 = time.perf_counter(); plain(); tp.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); fisher(); tf.append(time.perf_counter() - t0)
+        tp.append(_timed(plain)[1])
+        tf.append(_timed(fisher)[1])
     sp, sf = statistics.median(tp), statistics.median(tf)
     return {"net": net, "params": models.param_count(params), "examples": examples, "microbatch": microbatch,
             "method": info["method"], "plain_s": sp, "fisher_s": sf, "ratio": sf / sp,
@@ -169,10 +176,17 @@ def torch_peers(net: str, x, y, microbatch: int, repeats: int, methods: list[str
         f()                                        # warm-up
     for _ in range(repeats):                       # alternate
         for k, f in fns.items():
-            t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
+            times[k].append(_timed(f)[1])
     out = {k: statistics.median(v) for k, v in times.items()}
     out["torch_version"] = torch.__version__
     out["torch_threads"] = torch.get_num_threads()
+    out.update(_peer_notes())
+    return out
+
+
+def _peer_notes() -> dict:
+    """Whether the other per-example-gradient libraries are installed (they are not benchmarked here)."""
+    out = {}
     for name in ("opacus", "backpack"):
         try:
             __import__(name)

@@ -125,7 +125,8 @@ def network_table(bank, tasks, net, seeds) -> tuple[str, dict]:
         acc[t] = a
         reached = sum(x >= 0.9 for x in a)
         rows.append(f"| {t} | {np.mean(a):.4f} ± {np.std(a):.4f} | {reached}/{len(a)} |")
-    return "\n".join(["| task | test accuracy (mean ± std over seeds) | reached 1-ε = 0.90 |", "|---|---|---|"] + rows), acc
+    header = ["| task | test accuracy (mean ± std over seeds) | reached 1-ε = 0.90 |", "|---|---|---|"]
+    return "\n".join(header + rows), acc
 
 
 def main(argv=None) -> int:
@@ -150,9 +151,9 @@ def main(argv=None) -> int:
 
     from tanas_jax import provenance
     from tanas_jax.bank import Bank
-    from tanas_jax.io import atomic_write_json
     from tanas_jax.cli.common import load_config
     from tanas_jax.distance.table import fisher_distance_table, plot_heatmap
+    from tanas_jax.io import atomic_write_json
     from tanas_jax.tasks import resolve_tasks
 
     t_start = time.perf_counter()
@@ -243,11 +244,13 @@ def write_markdown(args, results, summaries, comparisons, acc_md, stamp, wall, s
     if comparisons:
         L += ["", "## §3c: the authors' Fisher vs the per-example empirical Fisher", "",
               "The authors' code squares the mini-batch mean gradient and averages over each parameter's first "
-              "axis (REFERENCE.md); ours sums squared per-example gradients.  Same networks, same examples.", "",
+              "axis (docs/authors_code.md); ours sums squared per-example gradients.  "
+              "Same networks, same examples.", "",
               "| metric (diag) | targets whose closest base changes | Spearman ρ of base rankings (mean over "
               "targets) | Kendall τ (mean) |", "|---|---|---|---|"]
         for metric, c in comparisons.items():
-            L.append(f"| {metric} | {c['changed']} / {len(tasks)} | {c['spearman_mean']:.3f} | {c['kendall_mean']:.3f} |")
+            L.append(f"| {metric} | {c['changed']} / {len(tasks)} | {c['spearman_mean']:.3f} "
+                     f"| {c['kendall_mean']:.3f} |")
         for metric, c in comparisons.items():
             L += ["", f"{metric}: per target", "", "| target | closest (per-example) | closest (authors) | ρ | τ |",
                   "|---|---|---|---|---|"]

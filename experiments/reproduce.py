@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--assemble-only", action="store_true")
     args = p.parse_args(argv)
     if not args.assemble_only:
-        for doc, cmd in PARTS:
+        for _doc, cmd in PARTS:
             if cmd is None:
                 continue
             full = [sys.executable, *cmd, "--bank", args.bank, "--no-progress"]

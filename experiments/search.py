@@ -26,29 +26,28 @@ def main(argv=None) -> int:
     import numpy as np
 
     from tanas_jax import provenance
-    from tanas_jax.cli import tanas as tanas_cli
-    from tanas_jax.cli.common import config_from_args, open_bank
+    from tanas_jax.cli.common import add_common_args, config_from_args, open_bank, parse_seeds, updated
+    from tanas_jax.pipeline import run_pipeline
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bases", default=DEFAULT_BASES)
     p.add_argument("--target", default="fashion_shirt")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--doc", default="docs/results_search.md")
-    tanas_cli.add_common_args(p, seed=False)
+    add_common_args(p, seed=False)
     p.add_argument("--metric", default=None)
     p.add_argument("--top-k", type=int, default=None)
     args = p.parse_args(argv)
-    args.skip_baselines = False
     out = args.out or "runs/search"
-    cfg = config_from_args(args)
+    cfg = updated(config_from_args(args), {"tanas.target": args.target, "tanas.bases": args.bases,
+                                           "tanas.metric": args.metric, "tanas.top_k": args.top_k})
     bank = open_bank(args)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
     t0 = time.perf_counter()
     per_seed = []
     for seed in seeds:
-        args.seed = seed
-        pipe = tanas_cli.Pipeline(args, cfg, bank, print)
-        res = pipe.run(os.path.join(out, f"seed{seed}"))
+        res = run_pipeline(cfg, bank=bank, out=os.path.join(out, f"seed{seed}"), seed=seed, log=print,
+                           progress=not args.no_progress)
         per_seed.append(res)
         print(f"seed {seed}: " + "; ".join(f"{r['method']}: {r['test_acc']:.4f}" for r in res["table"]))
     wall = time.perf_counter() - t0
@@ -69,7 +68,8 @@ def main(argv=None) -> int:
              f"Command: `python experiments/search.py --bases {args.bases} --target {args.target} --seeds {args.seeds} "
              f"--config {args.config} --bank {bank.root}`", "",
              f"Machine: {stamp['machine']['platform']}, {stamp['machine']['cpu_count']} CPUs, backend "
-             f"{stamp['machine'].get('jax_backend')}; jax {stamp['versions'].get('jax')}, flax {stamp['versions'].get('flax')}; "
+             f"{stamp['machine'].get('jax_backend')}; jax {stamp['versions'].get('jax')}, "
+             f"flax {stamp['versions'].get('flax')}; "
              f"XLA_FLAGS `{stamp['machine']['xla_flags']}`. Wall time {wall / 60:.1f} min.", "",
              f"Data: {per_seed[0]['data']['source']}, target sizes {per_seed[0]['data']['sizes']}; bases: "
              f"{', '.join(per_seed[0]['bases'])}; closest base per seed: "

@@ -11,8 +11,9 @@ searches reach them through :mod:`tanas_jax.search.runtime`): the one
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np

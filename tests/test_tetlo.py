@@ -7,10 +7,9 @@ import pytest
 from tanas_jax.config import DartsConfig, FinalConfig
 from tanas_jax.errors import UserError
 from tanas_jax.search import darts, tetlo
-from tanas_jax.search.methods import SEARCH_METHODS, SearchSettings
 from tanas_jax.search.genotype import CellStructure
+from tanas_jax.search.methods import SEARCH_METHODS, SearchSettings
 from tanas_jax.search.spaces import SearchSpace
-
 from test_darts import TINY, Data, _to64, _x
 
 
@@ -46,8 +45,8 @@ def _setup(main_weight=0.0, qrs_weight=10.0, unroll_lr=0.5):
     space = SearchSpace("t", ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"),
                         (CellStructure(3, ((0, 1), (0, 2), (1, 2)), "edges"),))
     cfg = DartsConfig(skeleton=TINY.to_dict(), batch_size=6, unroll_lr=unroll_lr, input_shape=(6, 6, 2),
-                             tetlo={"aux_channels": (3,), "quadruples": 12, "qrs_temperature": 0.5,
-                                    "aux_unroll_lr": 1.0, "qrs_margin": 0.5, "main_weight": main_weight, "qrs_weight": qrs_weight})
+                      tetlo={"aux_channels": (3,), "quadruples": 12, "qrs_temperature": 0.5, "aux_unroll_lr": 1.0,
+                             "qrs_margin": 0.5, "main_weight": main_weight, "qrs_weight": qrs_weight})
     net, st = darts.supernet_for_space(space, cfg.skeleton, 2)
     steps = tetlo.TetloSteps(net, cfg, 2)
     state = steps.init_state(0, (6, 6, 2), st)

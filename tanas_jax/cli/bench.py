@@ -1,13 +1,18 @@
-"""``bin/bench SUBCOMMAND [args]``: run a benchmark script from ``benchmarks/``.
+"""``bin/bench NAME [args]``: run a benchmark script from ``benchmarks/``.
 
-Add a benchmark by adding ``name: 'benchmarks/<file>.py'`` to ``BENCHMARKS``;
-the file must define ``main(argv) -> int``.
+Add a benchmark by adding ``name: '<file>.py'`` to ``BENCHMARKS``; the file
+(in ``benchmarks/`` of a source checkout) must define ``main(argv) -> int``,
+which gets the arguments after ``NAME`` (``bin/bench fisher --help`` is the
+benchmark's own help).
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
-import sys
+
+from tanas_jax.cli.common import cli_main, make_parser, parse_name, run_as_script
+from tanas_jax.errors import UserError
 
 BENCHMARKS = {
     "fisher": "per_example_grads.py",   # Fisher engine (issue 3)
@@ -15,31 +20,35 @@ BENCHMARKS = {
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("bench", "Run a benchmark from benchmarks/ (source checkouts only).",
+                    epilog="benchmarks: " + ", ".join(f"{k} ({v})" for k, v in BENCHMARKS.items()))
+    p.add_argument("name", metavar="NAME", help=f"benchmark: {' | '.join(BENCHMARKS)}")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (its own --help)")
+    return p
+
+
 def _load(name: str):
+    """The benchmark's module, or a one-line error when this checkout lacks the file."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.join(root, "benchmarks", BENCHMARKS[name])
     if not os.path.exists(path):
-        return None
+        raise UserError(f"benchmark '{name}' is not in this checkout (benchmarks/{BENCHMARKS[name]})")
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in BENCHMARKS:
-        got = f"'{argv[0]}'" if argv else "nothing"
-        print(f"error: bin/bench needs a benchmark name, got {got}: valid: {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
-        return 2
-    mod = _load(argv[0])
-    if mod is None:
-        print(f"error: benchmark '{argv[0]}' is not in this checkout (benchmarks/{BENCHMARKS[argv[0]]})",
-              file=sys.stderr)
-        return 2
-    return int(mod.main(argv[1:]) or 0)
+def run(argv) -> int:
+    if not argv:
+        raise UserError(f"bin/bench needs a benchmark name: valid: {', '.join(BENCHMARKS)}")
+    args = build_parser().parse_args(argv)
+    name = parse_name(args.name, BENCHMARKS, "benchmark")
+    return int(_load(name).main(args.args) or 0)
 
+
+main = cli_main(run)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

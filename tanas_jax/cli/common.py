@@ -1,23 +1,40 @@
-"""Shared command-line plumbing: config loading, common flags, errors, result files.
+"""Shared command-line plumbing: the error wrapper, logging, parsers, common flags, result files.
 
-Every entry point is ``main = cli_main(run)`` where ``run(argv)`` does the
-work.  A :class:`tanas_jax.errors.UserError` becomes one line on stderr
-(``error: ...``) and exit status 2; Ctrl-C exits 130 after the command's own
-cleanup; anything else is a bug and keeps its traceback.
+Every entry point is ``main = cli_main(run)`` where ``run(argv)`` parses its
+arguments with a parser from :func:`make_parser` and does the work.  The
+wrapper is the one place where errors become exit codes: a
+:class:`tanas_jax.errors.UserError` (argparse's own errors included) becomes
+one line on stderr (``error: ...``) and exit status 2; Ctrl-C exits 130 after
+the command's own cleanup; anything else is a bug and keeps its traceback.
+
+Output: what a command prints with ``print`` on stdout is its product (tables,
+JSON).  Progress and log lines go to the ``tanas_jax`` logger (stdlib
+``logging``, INFO to stderr, plain messages), configured by :func:`cli_main`,
+and bars are tqdm's; ``--no-progress`` (:func:`progress_from_args`) turns both
+off, leaving warnings and errors.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
-from tanas_jax.errors import UserError
+from tanas_jax.config import PRESETS, apply_override, load_config, updated  # noqa: F401  (re-exported)
+from tanas_jax.errors import UserError, did_you_mean
 
+LOGGER = "tanas_jax"
+logger = logging.getLogger(LOGGER)
+
+
+# --- the one wrapper ----------------------------------------------------------------------
 def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
+    """``main(argv) -> exit status`` around ``run``: logging set up, errors mapped to exit codes."""
     def main(argv: list[str] | None = None) -> int:
-        argv = sys.argv[1:] if argv is None else argv
+        argv = sys.argv[1:] if argv is None else list(argv)
+        configure_logging()
         try:
             code = run(argv)
         except UserError as e:
@@ -26,6 +43,11 @@ def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | No
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except SystemExit as e:   # --help from argparse, or a benchmark's own exit
+            if e.code is None or isinstance(e.code, int):
+                return int(e.code or 0)
+            print(f"error: {e.code}", file=sys.stderr)
+            return 1
         return int(code or 0)
 
     return main
@@ -35,8 +57,97 @@ def run_as_script(main) -> None:
     sys.exit(main())
 
 
-# --- configs -------------------------------------------------------------------------------
-from tanas_jax.config import PRESETS, apply_override, load_config  # noqa: E402,F401  (moved to the library)
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (so redirection and capture keep working)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def configure_logging(level: int = logging.INFO) -> logging.Logger:
+    """The ``tanas_jax`` logger: plain messages to stderr at ``level``; one handler however often called."""
+    logger = logging.getLogger(LOGGER)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+    return logger
+
+
+def progress_from_args(args) -> bool:
+    """Apply ``--no-progress`` (no bars, no progress messages; warnings still shown); True when progress is on."""
+    progress = not getattr(args, "no_progress", False)
+    logging.getLogger(LOGGER).setLevel(logging.INFO if progress else logging.WARNING)
+    return progress
+
+
+# --- parsing ------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line :class:`UserError` s (reported by :func:`cli_main`)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def make_parser(prog: str, description: str = "", **kw) -> argparse.ArgumentParser:
+    """The argument parser every command uses (errors are one line, exit 2)."""
+    return _Parser(prog=prog, description=description, **kw)
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """``'0,1,2'`` -> ``[0, 1, 2]``: a non-empty comma list of integers >= 0 (order kept, duplicates dropped)."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in items]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise UserError(f"{flag} must be comma-separated integers >= 0, e.g. 0,1,2; got '{text}'")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_names(text: str, valid: Sequence[str], what: str) -> list[str]:
+    """A comma list of names from ``valid`` (order kept, duplicates dropped); an unknown one is a
+    one-line error naming ``what`` with the valid names and a "did you mean"."""
+    items = list(dict.fromkeys(s.strip() for s in str(text).split(",") if s.strip()))
+    if not items:
+        raise UserError(f"empty {what} list; {did_you_mean('', valid)}")
+    for name in items:
+        if name not in valid:
+            raise UserError(f"unknown {what} '{name}'; {did_you_mean(name, valid)}")
+    return items
+
+
+def parse_name(text: str, valid: Sequence[str], what: str) -> str:
+    """One name from ``valid`` (see :func:`parse_names`)."""
+    names = parse_names(text, valid, what)
+    if len(names) != 1:
+        raise UserError(f"give one {what}, got '{text}'; {did_you_mean('', valid)}")
+    return names[0]
+
+
+def parse_tasks(text: str) -> list[str]:
+    """A task set (``offline8``) or comma list of task names / aliases -> canonical task names."""
+    from tanas_jax.tasks import resolve_tasks
+
+    return resolve_tasks(text)
+
+
+def parse_task(text: str) -> str:
+    """One task name or alias -> its canonical name."""
+    from tanas_jax.tasks import canonical
+
+    return canonical(text)
 
 
 # --- flags ---------------------------------------------------------------------------------
@@ -53,13 +164,22 @@ def add_common_args(p: argparse.ArgumentParser, *, out: bool = True, bank: bool 
     if bank:
         p.add_argument("--bank", default=None, help="task bank folder (default: $TANAS_BANK or ./bank)")
     if seed:
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     if out:
         p.add_argument("--out", default=None, help="write DIR/result.json (and plots) here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or progress messages (warnings and errors still shown)")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() (coordinator, process count and id "
                         "from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or the cluster)")
+
+
+def _seed(text: str) -> int:
+    """``--seed``: one integer >= 0 (a one-line error otherwise)."""
+    seeds = parse_seeds(text, "--seed")
+    if "," in text:
+        raise UserError(f"--seed takes one integer >= 0, got '{text}'; use --seeds for several")
+    return seeds[0]
 
 
 def init_distributed(args) -> None:
@@ -76,13 +196,11 @@ def init_distributed(args) -> None:
 
 
 def config_from_args(args):
+    """A new config from ``--config``, ``--set`` and ``--data-source``/``--data-dir``."""
     init_distributed(args)
     cfg = load_config(args.config, args.overrides)
-    if getattr(args, "data_source", None):
-        cfg.data.source = args.data_source
-    if getattr(args, "data_dir", None):
-        cfg.data.data_dir = args.data_dir
-    return cfg
+    return updated(cfg, {"data.source": getattr(args, "data_source", None) or None,
+                         "data.data_dir": getattr(args, "data_dir", None) or None})
 
 
 def open_bank(args):
@@ -123,19 +241,10 @@ def check_out_dir(out_dir: str | None) -> None:
 
 
 def print_table(rows: list[dict], columns: list[str], file=None) -> str:
-    """A plain fixed-width table (also returned as text)."""
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return str(v)
+    """A plain fixed-width table on stdout (also returned as text)."""
+    from tanas_jax.report import format_table
 
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    text = "\n".join(lines)
+    text = format_table(rows, columns)
     print(text, file=file or sys.stdout)
     return text
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import argparse
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
-                                  print_table, run_as_script, write_result)
-from tanas_jax.cli.fisher import add_fisher_args, apply_fisher_args
+from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
+                                  open_bank, parse_name, parse_seeds, parse_task, parse_tasks, print_table,
+                                  progress_from_args, run_as_script, updated, write_result)
+from tanas_jax.cli.fisher import add_fisher_args, fisher_config
+from tanas_jax.config import HEAD_MODES, METRICS, NORMALIZATIONS, REDUCTIONS, SPECTRA
+from tanas_jax.errors import UserError
 
-METRICS = ("logdet", "frechet", "transform")
+VALID = {"metric": METRICS, "spectrum": SPECTRA, "normalization": NORMALIZATIONS, "reduction": REDUCTIONS,
+         "head": HEAD_MODES}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distance", description="Fisher (log-det, Fréchet) or transform-network "
-                                "task distances between banked networks.")
+    p = make_parser("distance", "Fisher (log-det, Fréchet) or transform-network task distances between "
+                    "banked networks.")
     p.add_argument("--tasks", default=None, help="task set or comma-separated tasks for a K x K table")
     p.add_argument("--target", default=None, help="rank the --bases by distance to this target task")
     p.add_argument("--bases", default=None, help="base tasks for --target (default: config tanas.bases)")
@@ -42,105 +46,120 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-VALID = {"metric": METRICS, "spectrum": ("diag", "full"), "normalization": ("network", "layer"),
-         "reduction": ("global", "per_layer"), "head": ("pad", "backbone")}
+def distance_config(cfg, args):
+    """A new config with the command line's ``distance`` settings; bad values are one-line errors naming the flag."""
+    changes = {f"distance.{name}": parse_name(getattr(args, name), valid, name)
+               for name, valid in VALID.items() if getattr(args, name) is not None}
+    if args.sigma2 is not None:
+        if not args.sigma2 > 0:
+            raise UserError(f"--sigma2 must be positive, got {args.sigma2}; the authors use 1e-10")
+        changes["distance.sigma2"] = args.sigma2
+    return updated(cfg, changes)
 
 
-def _apply_distance_args(cfg, args):
-    """Command-line settings into ``cfg.distance``; bad names are one-line user errors (not argparse's two)."""
-    from tanas_jax.errors import UserError, did_you_mean
+def _seeds(args, cfg) -> list[int]:
+    """``--seeds``, else ``0..--repeats-1``, else the config's ``bank.seeds``."""
+    if args.seeds:
+        return parse_seeds(args.seeds)
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+        return list(range(args.repeats))
+    return [int(s) for s in cfg.bank.seeds]
 
-    d = cfg.distance
-    for name in ("metric", "spectrum", "sigma2", "normalization", "reduction", "head"):
-        v = getattr(args, name)
-        if v is not None:
-            d[name] = v
-    for name, valid in VALID.items():
-        if str(d[name]) not in valid:
-            raise UserError(f"unknown {name} '{d[name]}': {did_you_mean(str(d[name]), valid)}")
+
+def _what(args, cfg) -> tuple[str | None, list[str] | None]:
+    """``(target, None)`` for a ranking or ``(None, tasks)`` for a table; names checked before any work."""
+    if args.target:
+        target = parse_task(args.target)
+        parse_tasks(args.bases or cfg.tanas.bases)
+        return target, None
+    if not args.tasks:
+        raise UserError("give --tasks SET for a table, or --target T [--bases SET] for a ranking")
+    return None, parse_tasks(args.tasks)
+
+
+def _table(bank, tasks, cfg, seeds, progress: bool, recompute: bool) -> dict:
+    """The K x K table of ``cfg.distance.metric`` over ``tasks``."""
+    if cfg.distance.metric == "transform":
+        from tanas_jax.distance.transform import transform_distance_table
+
+        result = transform_distance_table(bank, tasks, cfg, seeds=seeds, progress=progress, log=logger.info)
+        result.setdefault("settings", {"metric": "transform"})
+        return result
+    from tanas_jax.distance.table import fisher_distance_table
+
+    return fisher_distance_table(bank, tasks, cfg, seeds, targets=None, progress=progress, log=logger.info,
+                                 recompute=recompute)
+
+
+def _print_ranking(ranked, target: str, label: str, n_seeds: int, top: int | None) -> list[dict]:
+    shown = ranked[:top] if top else ranked
+    print(f"closest base tasks to {target} by {label} distance ({n_seeds} seeds):")
+    print_table([{"rank": i + 1, "base": b, "mean": m, "std": sd} for i, (b, m, sd) in enumerate(shown)],
+                ["rank", "base", "mean", "std"])
+    return [{"base": b, "mean": m, "std": sd} for b, m, sd in ranked]
+
+
+def _print_table(result: dict, label: str, n_seeds: int, metric: str) -> None:
+    names = result["tasks"]
+    rows = [dict({"base\\target": b}, **{t: result["mean"][i][j] for j, t in enumerate(names)})
+            for i, b in enumerate(names)]
+    print(f"{label} distance d[base, target], mean over {n_seeds} seeds:")
+    print_table(rows, ["base\\target"] + names)
+    if "same_dataset_closest" in result:
+        sd = result["same_dataset_closest"]
+        print(f"closest base from the same dataset for {sd['count']} of {sd['of']} targets")
+    tm = result.get("timing", {})
+    cache = result.get("cache", {})
+    if metric == "transform" and tm:
+        print(f"wall time {tm.get('total_s', 0):.1f} s; pairs from the bank cache "
+              f"{tm.get('pairs_cached', 0)} of {tm.get('pairs_total', 0)}")
+    elif tm:
+        print(f"wall time {tm.get('wall_s', 0):.1f} s; Fishers computed "
+              f"{cache.get('computed', 0)}, reused {cache.get('reused', 0)}")
+
+
+def _write(out: str | None, result: dict, metric: str) -> None:
+    """result.json, and the CSVs and heatmap of a table, in ``out``."""
+    from tanas_jax.distance.table import write_outputs
+
+    if not out:
+        return
+    s = result.get("settings", {})
+    stem = f"{metric}_{s.get('spectrum', 'diag')}" if metric != "transform" else "transform"
+    try:
+        result["files"] = write_outputs(out, result, stem)
+    except KeyError:   # a ranking has no full matrix to write
+        pass
+    logger.info(f"wrote {write_result(out, result)}")
 
 
 def run(argv) -> int:
-    from tanas_jax.distance.table import fisher_distance_table, rank_target, write_outputs
-    from tanas_jax.errors import UserError
-    from tanas_jax.tasks import canonical, resolve_tasks
+    from tanas_jax.distance.table import rank_target
 
     args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    apply_fisher_args(cfg, args)
-    _apply_distance_args(cfg, args)
-    if args.sigma2 is not None and not args.sigma2 > 0:
-        raise UserError(f"--sigma2 must be positive, got {args.sigma2}; the authors use 1e-10")
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
-    elif args.repeats is not None:
-        if args.repeats < 1:
-            raise UserError(f"--repeats must be >= 1, got {args.repeats}")
-        seeds = list(range(args.repeats))
-    else:
-        seeds = [int(s) for s in cfg.bank.seeds]
-    target = canonical(args.target) if args.target else None
-    if target:
-        resolve_tasks(args.bases or cfg.tanas.bases)   # bad names fail before any work
-    else:
-        if not args.tasks:
-            raise UserError("give --tasks SET for a table, or --target T [--bases SET] for a ranking")
-        tasks = resolve_tasks(args.tasks)
-        targets = None
+    progress = progress_from_args(args)
+    cfg = distance_config(fisher_config(config_from_args(args), args), args)
+    seeds = _seeds(args, cfg)
+    target, tasks = _what(args, cfg)
     check_out_dir(args.out)
     bank = open_bank(args)
     metric = cfg.distance.metric
-    progress = not args.no_progress
     if target:
         ranked, result = rank_target(bank, target, cfg, bases=args.bases, metric=metric, seeds=seeds,
-                                     progress=progress, recompute=args.recompute)
-    elif metric == "transform":
-        try:
-            from tanas_jax.distance.transform import transform_distance_table
-        except ImportError as e:  # another engineer's module
-            raise UserError(f"--metric transform is not available in this build ({e})") from None
-        result = transform_distance_table(bank, tasks, cfg, seeds=seeds, progress=progress)
-        result.setdefault("settings", {"metric": "transform"})
+                                     progress=progress, log=logger.info, recompute=args.recompute)
     else:
-        result = fisher_distance_table(bank, tasks, cfg, seeds, targets=targets, progress=progress,
-                                       recompute=args.recompute)
+        result = _table(bank, tasks, cfg, seeds, progress, args.recompute)
     result["command"] = "distance"
     s = result.get("settings", {})
     label = f"{metric}" + (f" ({s.get('spectrum')})" if metric != "transform" else "")
     if target:
-        top = ranked[: args.top] if args.top else ranked
-        print(f"closest base tasks to {target} by {label} distance ({len(seeds)} seeds):")
-        print_table([{"rank": i + 1, "base": b, "mean": m, "std": sd} for i, (b, m, sd) in enumerate(top)],
-                    ["rank", "base", "mean", "std"])
-        result["ranking"] = [{"base": b, "mean": m, "std": sd} for b, m, sd in ranked]
+        result["ranking"] = _print_ranking(ranked, target, label, len(seeds), args.top)
     else:
-        names = result["tasks"]
-        rows = [dict({"base\\target": b}, **{t: result["mean"][i][j] for j, t in enumerate(names)})
-                for i, b in enumerate(names)]
-        print(f"{label} distance d[base, target], mean over {len(seeds)} seeds:")
-        print_table(rows, ["base\\target"] + names)
-        if "same_dataset_closest" in result:
-            sd = result["same_dataset_closest"]
-            print(f"closest base from the same dataset for {sd['count']} of {sd['of']} targets")
-        tm = result.get("timing", {})
-        if metric == "transform" and tm:
-            print(f"wall time {tm.get('total_s', 0):.1f} s; pairs from the bank cache "
-                  f"{tm.get('pairs_cached', 0)} of {tm.get('pairs_total', 0)}")
-        elif tm:
-            print(f"wall time {tm.get('wall_s', 0):.1f} s; Fishers computed "
-                  f"{result.get('cache', {}).get('computed', 0)}, reused {result.get('cache', {}).get('reused', 0)}")
+        _print_table(result, label, len(seeds), metric)
     result["config"] = cfg.to_dict()
-    if args.out:
-        stem = f"{metric}_{s.get('spectrum', 'diag')}" if metric != "transform" else "transform"
-        try:
-            result["files"] = write_outputs(args.out, result, stem)
-        except KeyError:
-            pass
-        path = write_result(args.out, result)
-        print(f"wrote {path}")
+    _write(args.out, result, metric)
     return 0
 
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
-                                  print_table, run_as_script, write_result)
+from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
+                                  open_bank, parse_task, print_table, progress_from_args, run_as_script, updated,
+                                  write_result)
+from tanas_jax.config import ESTIMATORS, FISHER_METHODS
+from tanas_jax.errors import UserError
 
 
 def add_fisher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Fisher engine")
     g.add_argument("--examples", type=int, default=None, help="examples of the data task (config fisher.examples)")
-    g.add_argument("--estimator", choices=("empirical", "mc", "exact"), default=None,
+    g.add_argument("--estimator", choices=ESTIMATORS, default=None,
                    help="empirical: data labels (LD-NAS eq. 6); mc: labels sampled from the model; "
                         "exact: expectation over all labels")
     g.add_argument("--mc-samples", type=int, default=None, help="labels per example for --estimator mc")
-    g.add_argument("--fisher-method", choices=("auto", "fast", "vmap"), default=None,
+    g.add_argument("--fisher-method", choices=FISHER_METHODS, default=None,
                    help="fast: per-layer identities; vmap: generic vmap(grad); auto: fast when possible")
     g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
                    help="memory budget for the per-example microbatch, in MiB (config fisher.memory_budget_mb)")
@@ -31,31 +34,30 @@ def add_fisher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute", action="store_true", help="ignore cached Fishers")
 
 
-def apply_fisher_args(cfg, args) -> None:
-    f = cfg.fisher
-    if args.examples is not None:
-        f.examples = args.examples
-        f.full_examples = min(f.full_examples, args.examples)
-    if args.estimator:
-        f.estimator = args.estimator
-    if args.mc_samples is not None:
-        f.mc_samples = args.mc_samples
-    if args.fisher_method:
-        f.method = args.fisher_method
-    if args.memory_budget is not None:
-        if args.memory_budget <= 0:
-            from tanas_jax.errors import UserError
-            raise UserError(f"--memory-budget must be a positive number of MiB, got {args.memory_budget}")
-        f.memory_budget_mb = args.memory_budget
-    if args.microbatch is not None:
-        f.microbatch = args.microbatch
-    if args.authors_fisher:
-        cfg.distance.authors_fisher = True
+def _positive(args, flag: str, unit: str = "") -> int | None:
+    v = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if v is not None and v <= 0:
+        raise UserError(f"{flag} must be {'a positive number of ' + unit if unit else 'positive'}, got {v}")
+    return v
+
+
+def fisher_config(cfg, args):
+    """A new config with the command line's Fisher-engine settings (``cfg`` is not changed); a bad value
+    is a one-line error naming the flag."""
+    examples = _positive(args, "--examples")
+    changes = {"fisher.examples": examples,
+               "fisher.full_examples": min(cfg.fisher.full_examples, examples) if examples else None,
+               "fisher.estimator": args.estimator, "fisher.mc_samples": _positive(args, "--mc-samples"),
+               "fisher.method": args.fisher_method,
+               "fisher.memory_budget_mb": _positive(args, "--memory-budget", "MiB"),
+               "fisher.microbatch": _positive(args, "--microbatch"),
+               "distance.authors_fisher": True if args.authors_fisher else None}
+    return updated(cfg, changes)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fisher", description="Diagonal Fisher information of a banked network "
-                                "on a task's data (trained and cached in the bank as needed).")
+    p = make_parser("fisher", "Diagonal Fisher information of a banked network on a task's data (trained and "
+                    "cached in the bank as needed).")
     p.add_argument("--task", required=True, help="data task t (name or alias)")
     p.add_argument("--net-of", default=None, help="task b whose banked network is used (default: --task)")
     add_fisher_args(p)
@@ -63,28 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv) -> int:
+def _layer_rows(tree) -> tuple[list[dict], float]:
+    """Per layer: parameter count, trace and share of the total trace; and the total."""
     import jax
     import numpy as np
 
-    from tanas_jax.distance.table import FisherStore
     from tanas_jax.fisher import leaf_names
-    from tanas_jax.tasks import canonical
 
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    apply_fisher_args(cfg, args)
-    check_out_dir(args.out)
-    data_task = canonical(args.task)
-    net_task = canonical(args.net_of) if args.net_of else data_task
-    bank = open_bank(args)
-    store = FisherStore(bank, cfg, progress=not args.no_progress, recompute=args.recompute)
-    tree, meta = store.fisher(net_task, data_task, args.seed)
     leaves = jax.tree_util.tree_leaves(tree)
-    names = leaf_names(tree)
     total = float(sum(float(np.sum(a)) for a in leaves))
     rows = [{"layer": n, "params": int(np.size(a)), "trace": float(np.sum(a)),
-             "share": float(np.sum(a)) / total if total else 0.0} for n, a in zip(names, leaves)]
+             "share": float(np.sum(a)) / total if total else 0.0} for n, a in zip(leaf_names(tree), leaves)]
+    return rows, total
+
+
+def run(argv) -> int:
+    from tanas_jax.distance.table import FisherStore
+
+    args = build_parser().parse_args(argv)
+    progress = progress_from_args(args)
+    cfg = fisher_config(config_from_args(args), args)
+    check_out_dir(args.out)
+    data_task = parse_task(args.task)
+    net_task = parse_task(args.net_of) if args.net_of else data_task
+    store = FisherStore(open_bank(args), cfg, progress=progress, log=logger.info, recompute=args.recompute)
+    tree, meta = store.fisher(net_task, data_task, args.seed)
+    rows, total = _layer_rows(tree)
     print_table(rows, ["layer", "params", "trace", "share"])
     cached = store.stats["cached"] > 0
     info = meta.get("info", {})

@@ -17,15 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
-                                  print_table, run_as_script, write_result)
+from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
+                                  open_bank, parse_task, print_table, progress_from_args, run_as_script, updated,
+                                  write_result)
+from tanas_jax.errors import UserError
+
+COLUMNS = ["method", "space", "test_acc", "val_acc", "params", "search_s", "compile_s", "evals", "winner"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fuse", description="FUSE architecture search for a target task.")
+    p = make_parser("fuse", "FUSE architecture search for a target task.")
     p.add_argument("--task", required=True, help="target task name or alias (e.g. mnist_10way, task3)")
     p.add_argument("--space", default=None,
                    help="search space: standard | from:TASK | from:closest[:k] | ops:a,b,c | FILE.json "
@@ -46,100 +49,119 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s)
 
 
-def closest_fn_for(bank, cfg, log=print):
+def closest_fn_for(bank, cfg, log=logger.info):
     """Ranking of base tasks for ``from:closest``: ``tanas_jax.distance.closest_bases``.
 
     Bases are ``cfg.tanas.bases`` minus the target, ranked by ``cfg.tanas.metric``
-    (Fishers and networks come from the bank, computed when missing).
+    (Fishers and networks come from the bank, computed when missing).  ``cfg`` is not changed.
     """
+    metric = cfg.tanas.metric
+    dcfg = updated(cfg, {"distance.metric": metric}) if metric != "transform" else cfg
+
     def fn(target):
         from tanas_jax.distance import closest_bases
 
-        cfg.distance.metric = cfg.tanas.metric if cfg.tanas.metric != "transform" else cfg.distance.metric
-        return list(closest_bases(bank, target, cfg, metric=cfg.tanas.metric, log=log))
+        return list(closest_bases(bank, target, dcfg, metric=metric, log=log))
 
     return fn
 
 
-def run(argv) -> int:
-    from tanas_jax import tasks
-    from tanas_jax.errors import UserError
-    from tanas_jax.search import checkpoint as ckpt
-    from tanas_jax.config import FuseConfig, from_section, section
-    from tanas_jax.search.fuse import fuse_search
-    from tanas_jax.search.network import get_skeleton
-    from tanas_jax.search.runtime import enable_compilation_cache
-    from tanas_jax.search.genotype import Genotype
-    from tanas_jax.search.plots import plot_alpha
-    from tanas_jax.search.random_search import random_search
+def _methods(args, cfg) -> list[str]:
+    """The spaces to search (and ``random``), in order: ``--compare``, else ``--space`` / search.space."""
+    if not args.compare:
+        return [args.space or cfg.search.space]
+    methods = list(dict.fromkeys(m.strip() for m in args.compare.split(",") if m.strip()))
+    if not methods:
+        raise UserError("--compare is empty; give e.g. standard,from:task7,random")
+    return methods
+
+
+def _spaces(methods, args, bank, cfg, target) -> dict:
+    """Every space resolved before any work, so that bad input fails fast."""
     from tanas_jax.search.spaces import resolve_space
 
+    closest = closest_fn_for(bank, cfg, logger.info)
+    return {m: resolve_space(args.random_space if m == "random" else m, bank=bank, target=target,
+                             closest_fn=closest, log=logger.info) for m in methods}
+
+
+def _search_one(m: str, space, data, fcfg, args, target: str, final) -> dict:
+    """One FUSE search (checkpointed in ``--out``) or the random baseline."""
+    from tanas_jax.search import checkpoint as ckpt
+    from tanas_jax.search.fuse import fuse_search
+    from tanas_jax.search.plots import plot_alpha
+    from tanas_jax.search.random_search import random_search
+
+    logger.info(f"== {m}: space {space.name} ({len(space.ops)} ops: {', '.join(space.ops)}; {space.size()} cells)")
+    if m == "random":
+        return random_search(data, space, fcfg, args.seed, final=final, log=logger.info)
+    ck_dir = os.path.join(args.out, "checkpoints", _slug(m)) if args.out else None
+    if ck_dir and args.restart and os.path.exists(ckpt.path(ck_dir)):
+        os.unlink(ckpt.path(ck_dir))
+    res = fuse_search(data, space, fcfg, args.seed, final=final, checkpoint_dir=ck_dir, log=logger.info)
+    if args.out and res["history"]:
+        res["alpha_plot"] = plot_alpha(res["history"], os.path.join(args.out, f"alpha_{_slug(m)}.png"),
+                                       f"FUSE {target}, space {m}")
+    return res
+
+
+def _row(m: str, space, res: dict) -> dict:
+    f = res["final"]
+    return {"method": "random" if m == "random" else "fuse", "space": space.name,
+            "test_acc": f["test_accuracy"], "val_acc": f["val_accuracy"], "params": f["params"],
+            "search_s": res["search_wall_s"], "compile_s": res["search_compile_s"],
+            "evals": res["candidate_evaluations"], "winner": res["winner_short"]}
+
+
+def _bank_best(runs: dict, bank, target: str, data, fcfg, args) -> str | None:
+    """Store the best FUSE winner (by validation accuracy) as the target's genotype; returns its space."""
+    from tanas_jax.search.genotype import Genotype
+    from tanas_jax.search.network import get_skeleton
+
+    fuse_runs = [(m, r) for m, r in runs.items() if m != "random"]
+    if not fuse_runs:
+        return None
+    m, best = max(fuse_runs, key=lambda mr: mr[1]["final"]["val_accuracy"])
+    meta = {"source": "bin/fuse", "space": m, "seed": args.seed, "skeleton": get_skeleton(fcfg.skeleton).to_dict(),
+            "val_accuracy": best["final"]["val_accuracy"], "test_accuracy": best["final"]["test_accuracy"],
+            "params": best["final"]["params"], "data": data.record(), "out": args.out}
+    bank.save_genotype(target, Genotype.from_dict(best["winner"]).to_dict(), meta)
+    logger.info(f"bank: stored the {m} winner as {target}'s genotype in {bank.root}")
+    return m
+
+
+def run(argv) -> int:
+    from tanas_jax.config import FuseConfig, from_section, section
+    from tanas_jax.pipeline import search_data
+    from tanas_jax.search.runtime import enable_compilation_cache
+
     args = build_parser().parse_args(argv)
+    progress_from_args(args)
     cfg = config_from_args(args)
     fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds)
     enable_compilation_cache(fcfg.compilation_cache)
-    target = tasks.canonical(args.task)
+    target = parse_task(args.task)
     check_out_dir(args.out)
     bank = open_bank(args)
-    log = (lambda m: None) if args.no_progress else (lambda m: print(m, flush=True))
-
-    methods = [m.strip() for m in args.compare.split(",") if m.strip()] if args.compare else \
-        [args.space or cfg.search.space]
-    if not methods:
-        raise UserError("--compare is empty; give e.g. standard,from:task7,random")
-    closest = closest_fn_for(bank, cfg, log)
-    spaces = {}
-    for m in methods:  # resolve every space before any work: bad input fails fast
-        spec = args.random_space if m == "random" else m
-        spaces[m] = resolve_space(spec, bank=bank, target=target, closest_fn=closest, log=log)
-
-    data = tasks.load_task_data(
-        target, tuple(cfg.search.input_shape), cfg.data.source, split_seed=cfg.data.split_seed,
-        val_fraction=cfg.data.val_fraction, max_train=cfg.search.max_train, max_eval=cfg.data.max_eval,
-        normalization=cfg.data.normalization, data_dir=cfg.data.data_dir)
-    log(data.summary())
-
-    runs, rows = {}, []
+    methods = _methods(args, cfg)
+    spaces = _spaces(methods, args, bank, cfg, target)
+    data = search_data(cfg, target)
+    logger.info(data.summary())
     t_all = time.perf_counter()
-    for m in methods:
-        space = spaces[m]
-        ck_dir = os.path.join(args.out, "checkpoints", _slug(m)) if args.out else None
-        if ck_dir and args.restart and os.path.exists(ckpt.path(ck_dir)):
-            os.unlink(ckpt.path(ck_dir))
-        log(f"== {m}: space {space.name} ({len(space.ops)} ops: {', '.join(space.ops)}; {space.size()} cells)")
-        if m == "random":
-            res = random_search(data, space, fcfg, args.seed, final=section(cfg, "final"), log=log)
-        else:
-            res = fuse_search(data, space, fcfg, args.seed, final=section(cfg, "final"), checkpoint_dir=ck_dir, log=log)
-            if args.out and res["history"]:
-                res["alpha_plot"] = plot_alpha(res["history"], os.path.join(args.out, f"alpha_{_slug(m)}.png"),
-                                               f"FUSE {target}, space {m}")
-        runs[m] = res
-        f = res["final"]
-        rows.append({"method": "random" if m == "random" else "fuse", "space": space.name,
-                     "test_acc": f["test_accuracy"], "val_acc": f["val_accuracy"], "params": f["params"],
-                     "search_s": res["search_wall_s"], "compile_s": res["search_compile_s"],
-                     "evals": res["candidate_evaluations"], "winner": res["winner_short"]})
+    runs = {m: _search_one(m, spaces[m], data, fcfg, args, target, section(cfg, "final")) for m in methods}
+    rows = [_row(m, spaces[m], runs[m]) for m in methods]
     print()
-    table = print_table(rows, ["method", "space", "test_acc", "val_acc", "params", "search_s", "compile_s",
-                               "evals", "winner"])
-
-    fuse_runs = [(m, r) for m, r in runs.items() if m != "random"]
+    table = print_table(rows, COLUMNS)
     banked = None
-    if fuse_runs and not args.no_bank_write and cfg.search.write_bank:
-        m, best = max(fuse_runs, key=lambda mr: mr[1]["final"]["val_accuracy"])
-        meta = {"source": "bin/fuse", "space": m, "seed": args.seed, "skeleton": get_skeleton(fcfg.skeleton).to_dict(),
-                "val_accuracy": best["final"]["val_accuracy"], "test_accuracy": best["final"]["test_accuracy"],
-                "params": best["final"]["params"], "data": data.record(), "out": args.out}
-        bank.save_genotype(target, Genotype.from_dict(best["winner"]).to_dict(), meta)
-        banked = m
-        log(f"bank: stored the {m} winner as {target}'s genotype in {bank.root}")
+    if not args.no_bank_write and cfg.search.write_bank:
+        banked = _bank_best(runs, bank, target, data, fcfg, args)
     result = {"command": "fuse", "task": target, "seed": args.seed, "config": cfg.to_dict(),
-              "data": data.record(), "methods": methods, "runs": runs, "table": rows, "table_text": table,
+              "data": data.record(), "methods": methods, "runs": runs,
+              "table": rows, "table_text": table,
               "banked": banked, "wall_s": time.perf_counter() - t_all}
     path = write_result(args.out, result)
     if path:
-        log(f"wrote {path}")
+        logger.info(f"wrote {path}")
     return 0
 
 

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, open_bank,
-                                  print_table, run_as_script, write_result)
+from tanas_jax.cli.common import (add_common_args, check_out_dir, cli_main, config_from_args, logger, make_parser,
+                                  open_bank, parse_seeds, parse_tasks, print_table, progress_from_args,
+                                  run_as_script, updated, write_result)
+from tanas_jax.errors import UserError
+
+COLUMNS = ["task", "net", "seed", "test_acc", "val_acc", "reached_1-eps", "train_s", "status", "source"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train", description="Train epsilon-approximation networks for "
-                                "tasks (or task sets) and store them in the task bank.")
+    p = make_parser("train", "Train epsilon-approximation networks for tasks (or task sets) and store them in "
+                    "the task bank.")
     p.add_argument("--task", help="task name/alias, comma-separated list, or task set (e.g. offline8)")
     p.add_argument("--net", default=None, help="network (default: config train.net); see --list-nets")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
@@ -21,53 +25,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv) -> int:
-    from tanas_jax import models, tasks
-    from tanas_jax.errors import UserError
+def _list_tasks() -> None:
+    from tanas_jax import tasks
+
+    for name in tasks.task_names():
+        t = tasks.get_task(name)
+        alias = f" (alias {', '.join(t.aliases)})" if t.aliases else ""
+        print(f"{name:28s} {t.num_classes:3d} classes  {t.description}{alias}")
+    for s, members in tasks.TASK_SETS.items():
+        print(f"set {s}: {', '.join(members)}")
+
+
+def _list_nets() -> None:
+    from tanas_jax import models
+
+    for n, spec in models.NETS.items():
+        print(f"{n:12s} {spec.description}")
+
+
+def train_config(cfg, args):
+    """A new config with ``--net`` and ``--epsilon`` (checked) in section ``train``."""
+    from tanas_jax import models
+
+    if args.epsilon is not None and not 0 < args.epsilon < 1:
+        raise UserError(f"--epsilon must be in (0, 1), got {args.epsilon}")
+    cfg = updated(cfg, {"train.net": args.net, "train.epsilon": args.epsilon})
+    models.get_net(cfg.train.net)
+    return cfg
+
+
+def train_networks(cfg, bank, task_list: list[str], seeds: list[int], *, retrain: bool = False,
+                   progress: bool = True) -> list[dict]:
+    """Ensure a banked network per (task, seed) (trained when missing or ``retrain``); one row each."""
     from tanas_jax.train import ensure_network
 
-    args = build_parser().parse_args(argv)
-    if args.list_tasks:
-        for name in tasks.task_names():
-            t = tasks.get_task(name)
-            alias = f" (alias {', '.join(t.aliases)})" if t.aliases else ""
-            print(f"{name:28s} {t.num_classes:3d} classes  {t.description}{alias}")
-        for s, members in tasks.TASK_SETS.items():
-            print(f"set {s}: {', '.join(members)}")
-        return 0
-    if args.list_nets:
-        for n, spec in models.NETS.items():
-            print(f"{n:12s} {spec.description}")
-        return 0
-    if not args.task:
-        raise UserError("give --task NAME (or a set such as offline8); list them with --list-tasks")
-    cfg = config_from_args(args)
-    if args.net:
-        cfg.train.net = args.net
-    models.get_net(cfg.train.net)
-    if args.epsilon is not None:
-        if not 0 < args.epsilon < 1:
-            raise UserError(f"--epsilon must be in (0, 1), got {args.epsilon}")
-        cfg.train.epsilon = args.epsilon
-    task_list = tasks.resolve_tasks(args.task)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    check_out_dir(args.out)
-    bank = open_bank(args)
     rows = []
     for task in task_list:
         for seed in seeds:
-            reused = bank.has_network(task, cfg.train.net, seed) and not args.retrain
-            _, meta = ensure_network(bank, task, seed, cfg, progress=not args.no_progress,
-                                     retrain=args.retrain)
+            reused = bank.has_network(task, cfg.train.net, seed) and not retrain
+            _, meta = ensure_network(bank, task, seed, cfg, progress=progress, log=logger.info, retrain=retrain)
             m = meta["metrics"]
             rows.append({"task": task, "net": cfg.train.net, "seed": seed,
                          "test_acc": m["test_accuracy"], "val_acc": m["val_accuracy"],
                          "reached_1-eps": "yes" if m["reached_epsilon"] else "NO",
                          "train_s": m["wall_s"], "source": meta["data"]["source"],
                          "status": "reused" if reused else "trained"})
+    return rows
+
+
+def run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_tasks or args.list_nets:
+        (_list_tasks if args.list_tasks else _list_nets)()
+        return 0
+    if not args.task:
+        raise UserError("give --task NAME (or a set such as offline8); list them with --list-tasks")
+    progress = progress_from_args(args)
+    cfg = train_config(config_from_args(args), args)
+    task_list = parse_tasks(args.task)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    check_out_dir(args.out)
+    bank = open_bank(args)
+    rows = train_networks(cfg, bank, task_list, seeds, retrain=args.retrain, progress=progress)
     print()
-    print_table(rows, ["task", "net", "seed", "test_acc", "val_acc", "reached_1-eps", "train_s", "status",
-                       "source"])
+    print_table(rows, COLUMNS)
     missed = [r for r in rows if r["reached_1-eps"] == "NO"]
     if missed:
         print(f"note: {len(missed)} network(s) did not reach test accuracy 1 - epsilon = "

@@ -37,8 +37,9 @@ untouched.  Weights: Adam (default, ``search.w_optimizer='adam'``) or SGD with
 momentum 0.9 (DARTS); weight decay ``search.weight_decay``.  β: DARTS' Adam
 (lr 3e-4 in DARTS, β1 0.5, β2 0.999, weight decay 1e-3 added to the gradient).
 
-**Phases** (one jitted, AOT-compiled step each, guarded by
-a per-instance max-one-trace guard, see :class:`tanas_jax.search.runtime.CompiledSteps`): the *weight step* on a train batch,
+**Phases** (one jitted, AOT-compiled step each, guarded by a per-instance
+max-one-trace guard, see :class:`tanas_jax.search.runtime.CompiledSteps`): the
+*weight step* on a train batch,
 ``∇_W CE(net(W, softmax β))``, BatchNorm in train mode with running statistics
 updated; the *architecture step* on a validation batch (train-mode BN, batch
 statistics, running statistics unchanged -- as DARTS):
@@ -85,7 +86,7 @@ does not import TETLO.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -99,8 +100,19 @@ from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
 from tanas_jax.search.network import CellModule, Skeleton, get_skeleton, init_from_shapes, stem
 from tanas_jax.search.ops import make_op
-from tanas_jax.search.runtime import (DEFAULT_FINAL, STEP_CACHE, CompiledSteps, accuracy, batch_at, cross_entropy,
-                                      fingerprint, phase_gated, rng, seed_sequence, train_final)
+from tanas_jax.search.runtime import (
+    DEFAULT_FINAL,
+    STEP_CACHE,
+    CompiledSteps,
+    accuracy,
+    batch_at,
+    cross_entropy,
+    fingerprint,
+    phase_gated,
+    rng,
+    seed_sequence,
+    train_final,
+)
 
 METHODS = ("darts1", "darts2")   # TETLO: tanas_jax.search.tetlo (steps_factory)
 CKPT = "search_checkpoint"

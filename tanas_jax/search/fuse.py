@@ -57,7 +57,7 @@ loader; here α sees the validation split only).
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +68,19 @@ from tanas_jax.config import FinalConfig, FuseConfig, to_dict
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search.genotype import Genotype
 from tanas_jax.search.network import build_network, get_skeleton, init_network, param_count
-from tanas_jax.search.runtime import (DEFAULT_FINAL, STEP_CACHE, BatchStream, CompiledSteps, cross_entropy,
-                                      fingerprint, input_shape_of, phase_gated, predict, rng, train_final)
+from tanas_jax.search.runtime import (
+    DEFAULT_FINAL,
+    STEP_CACHE,
+    BatchStream,
+    CompiledSteps,
+    cross_entropy,
+    fingerprint,
+    input_shape_of,
+    phase_gated,
+    predict,
+    rng,
+    train_final,
+)
 
 INIT_STREAM = 999_999
 

@@ -16,8 +16,8 @@ target at ``search.input_shape`` as ``final_data``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from tanas_jax.config import DartsConfig, FinalConfig, FuseConfig, section
 from tanas_jax.errors import UserError, did_you_mean
@@ -37,7 +37,7 @@ class SearchSettings:
     final: FinalConfig | None = DEFAULT_FINAL
 
     @classmethod
-    def from_config(cls, cfg, *, final: bool = True) -> "SearchSettings":
+    def from_config(cls, cfg, *, final: bool = True) -> SearchSettings:
         """Sections ``fuse``, ``search.darts`` and ``final`` of a loaded config (``final=False``: skip
         the final training)."""
         return cls(section(cfg, "fuse"), section(cfg, "search.darts"), section(cfg, "final") if final else None)

@@ -35,7 +35,8 @@ plugs in here.  Every edge module is called as ``module(x, train)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -255,4 +256,4 @@ def param_count(tree) -> int:
     """Number of trainable parameters (``tree['params']`` if given variables)."""
     if isinstance(tree, dict) and "params" in tree:
         tree = tree["params"]
-    return int(sum(int(jnp.size(l)) for l in jax.tree_util.tree_leaves(tree)))
+    return int(sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))

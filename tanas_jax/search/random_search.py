@@ -22,7 +22,7 @@ from the earlier ones when the space allows) and initialised from
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -65,8 +65,15 @@ import optax
 from tanas_jax.config import DartsConfig
 from tanas_jax.errors import UserError
 from tanas_jax.models.layers import Conv, max_pool_2x2
-from tanas_jax.search.darts import (SuperNetwork, differentiable_search, init_beta, init_supernet, make_optimizer,
-                                    supernet_loss, unrolled_weights)
+from tanas_jax.search.darts import (
+    SuperNetwork,
+    differentiable_search,
+    init_beta,
+    init_supernet,
+    make_optimizer,
+    supernet_loss,
+    unrolled_weights,
+)
 from tanas_jax.search.runtime import CompiledSteps, accuracy, cross_entropy, rng
 
 

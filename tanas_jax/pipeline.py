@@ -1,0 +1,307 @@
+"""The whole TA-NAS pipeline (TA-NAS Algorithm 1) for one target task, as a library function.
+
+:func:`run_pipeline` does, with the settings of a config (section ``tanas``
+chooses the target, the bases, the metric and k):
+
+1. every base task and the target get trained ε-approximation networks
+   (``cfg.bank.seeds``), reusing the bank;
+2. the distance table over bases + target (Fisher log-det / Fréchet, or the
+   transform-network distance), cached in the bank; the k closest bases to the
+   target (column = target, as in the papers);
+3. those k bases get a genotype if they lack one (the bank's, a bundled genotype
+   file in ``configs/genotypes``, or a standard-space FUSE run on the base, which
+   is banked);
+4. FUSE in the task-aware space (union of the k closest bases' ops and cells),
+   the winner trained from scratch and tested once, its genotype banked as the
+   target's (the target becomes a base task);
+5. baselines with the same settings: FUSE in the standard space, random search
+   with the same budget, and the target's ε-approximation net.
+
+Every expensive step is cached in the bank (networks, Fishers, genotypes, and
+each search result keyed by a fingerprint of its inputs), so a rerun reuses what
+exists and says so in ``reused``.  Searches are checkpointed per round in
+``OUT/checkpoints`` and resume after an interruption.  The report is written by
+:mod:`tanas_jax.report`; the command line is ``bin/tanas`` (:mod:`tanas_jax.cli.tanas`).
+The config passed in is never changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from tanas_jax.config import updated
+from tanas_jax.errors import UserError
+from tanas_jax.io import json_default
+
+logger = logging.getLogger(__name__)
+
+RUN_LABELS = {"task-aware": "FUSE, task-aware space ({space})", "standard": "FUSE, standard space",
+              "random": "random search, standard space (same budget)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """The fixed inputs of one pipeline run."""
+
+    cfg: Any                  # the effective config (distance.metric set from tanas.metric)
+    bank: Any
+    out: str | None
+    seed: int
+    progress: bool
+    log: Callable[[str], None]
+    target: str
+    bases: list
+    metric: str
+    k: int
+    seeds: list
+
+
+@dataclasses.dataclass
+class _Ledger:
+    """What a run reused from the bank, what it computed, and how long each step took."""
+
+    reused: list = dataclasses.field(default_factory=list)
+    computed: list = dataclasses.field(default_factory=list)
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def note(self, had: bool, what: str) -> None:
+        (self.reused if had else self.computed).append(what)
+
+
+def run_pipeline(cfg, *, bank, out: str | None = None, seed: int = 0, baselines: bool = True,
+                 progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run TA-NAS for ``cfg.tanas.target`` against ``cfg.tanas.bases`` with ``bank``; returns the result dict
+    (networks, distance table and ranking, base genotypes, search runs, summary table, banked genotype,
+    reused/computed items, timings).  ``out`` holds search checkpoints; ``baselines=False`` runs only the
+    task-aware search; ``log`` (default: the ``tanas_jax.pipeline`` logger) receives progress messages."""
+    from tanas_jax.config import section
+    from tanas_jax.search.spaces import resolve_space
+
+    run = _plan(cfg, bank, out, seed, progress, log or logger.info)
+    led = _Ledger()
+    t_all = time.perf_counter()
+    fcfg = section(run.cfg, "fuse")
+    run.log(f"target {run.target}; {len(run.bases)} bases: {', '.join(run.bases)}; metric {run.metric}; "
+            f"top-{run.k}; net {run.cfg.train.net}; seeds {run.seeds}")
+    nets = _timed(led, "networks_s", _networks, run, led)
+    dist = _timed(led, "distances_s", _distances, run, led)
+    run.log(f"closest bases to {run.target}: " + ", ".join(f"{b} ({dist['column'][b]:.4g})" for b in dist["ranking"]))
+    genos = _timed(led, "base_genotypes_s", _base_genotypes, run, led, dist["closest"], fcfg)
+    data = search_data(run.cfg, run.target)
+    run.log(data.summary())
+    space = resolve_space(f"from:closest:{run.k}", bank=bank, target=run.target,
+                          closest_fn=lambda _t: dist["ranking"], log=run.log)
+    runs = _timed(led, "searches_s", _searches, run, led, data, space, fcfg, baselines)
+    geno = _bank_target_genotype(run, data, space, dist["closest"], runs["task-aware"])
+    led.timings["total_s"] = time.perf_counter() - t_all
+    return {"command": "tanas", "target": run.target, "bases": run.bases, "metric": run.metric,
+            "top_k": run.k, "seed": seed, "config": run.cfg.to_dict(), "data": data.record(),
+            "networks": nets, "distance": dist, "closest": dist["closest"], "base_genotypes": genos,
+            "space": space.to_dict(), "runs": runs, "table": summary_rows(runs, nets, space.name),
+            "genotype": geno, "reused": led.reused, "computed": led.computed, "timings": led.timings}
+
+
+def _plan(cfg, bank, out, seed, progress, log) -> _Run:
+    """Target, bases (the target held out), metric and k from ``cfg.tanas``; every bad value fails here."""
+    from tanas_jax import tasks
+
+    t = cfg.tanas
+    target = tasks.canonical(t.target)
+    bases = [b for b in tasks.resolve_tasks(t.bases) if b != target]
+    if not bases:
+        raise UserError(f"no base tasks left after holding out the target {target}; give --bases "
+                        "(tanas.bases) with other tasks")
+    k = int(t.top_k)
+    if not 1 <= k <= len(bases):
+        raise UserError(f"--top-k (tanas.top_k) must be in 1..{len(bases)} (number of bases), got {k}")
+    metric = t.metric
+    eff = updated(cfg, {"distance.metric": metric}) if metric != "transform" else cfg
+    return _Run(cfg=eff, bank=bank, out=out, seed=int(seed), progress=progress, log=log, target=target,
+                bases=bases, metric=metric, k=k, seeds=[int(s) for s in cfg.bank.seeds])
+
+
+def _timed(led: _Ledger, key: str, fn, *args):
+    t0 = time.perf_counter()
+    value = fn(*args)
+    led.timings[key] = time.perf_counter() - t0
+    return value
+
+
+# 1 ---------------------------------------------------------------------------------------
+def _networks(run: _Run, led: _Ledger) -> list[dict]:
+    """The ε-approximation networks of every base and the target, trained when the bank lacks them."""
+    from tanas_jax.train import ensure_network
+
+    rows = []
+    net = run.cfg.train.net
+    for task in run.bases + [run.target]:
+        for seed in run.seeds:
+            had = run.bank.has_network(task, net, seed)
+            _, meta = ensure_network(run.bank, task, seed, run.cfg, progress=run.progress, log=run.log)
+            led.note(had, f"network {task} [{net} seed {seed}]")
+            m = meta["metrics"]
+            rows.append({"task": task, "seed": seed, "net": net, "test_accuracy": m["test_accuracy"],
+                         "reached_epsilon": m["reached_epsilon"], "params": m["n_params"],
+                         "source": meta["data"]["source"], "role": "target" if task == run.target else "base"})
+    return rows
+
+
+# 2 ---------------------------------------------------------------------------------------
+def _distances(run: _Run, led: _Ledger) -> dict:
+    """The distance table over bases + target (all columns when small, else the target's column) and the
+    bases ranked by their distance to the target."""
+    tasks_all = run.bases + [run.target]
+    if run.metric == "transform":
+        from tanas_jax.distance.transform import transform_distance_table
+
+        table = transform_distance_table(run.bank, tasks_all, run.cfg, seeds=run.seeds,
+                                         progress=run.progress, log=run.log)
+    else:
+        from tanas_jax.distance.table import fisher_distance_table
+
+        full = len(tasks_all) <= int(run.cfg.tanas.full_table_max)
+        table = fisher_distance_table(run.bank, tasks_all, run.cfg, run.seeds,
+                                      targets=None if full else [run.target], progress=run.progress,
+                                      log=run.log)
+        c = table.get("cache", {})
+        if c.get("reused"):
+            led.reused.append(f"{c['reused']} Fisher spectra")
+        if c.get("computed"):
+            led.computed.append(f"{c['computed']} Fisher spectra")
+    t = tasks_all.index(run.target)
+    col = [(table["mean"][i][t], b) for i, b in enumerate(tasks_all) if b != run.target]
+    ranking = [b for _, b in sorted(col)]
+    return {"table": table, "tasks": tasks_all, "ranking": ranking,
+            "column": {b: float(d) for d, b in col}, "closest": ranking[: run.k]}
+
+
+# 3 ---------------------------------------------------------------------------------------
+def _base_genotypes(run: _Run, led: _Ledger, closest: list[str], fcfg) -> dict:
+    """A genotype for each closest base: the bank's, a bundled one, or a standard-space FUSE run (banked)."""
+    from tanas_jax.search.spaces import bundled_genotype_path
+
+    out = {}
+    for b in closest:
+        g = run.bank.load_genotype(b)
+        if g is not None:
+            led.reused.append(f"genotype of {b} (bank)")
+            out[b] = {"genotype": g[0], "from": "bank"}
+            continue
+        path = bundled_genotype_path(b)
+        if path:
+            run.log(f"{b}: using the bundled genotype {path}")
+            with open(path) as f:
+                out[b] = {"genotype": json.load(f), "from": path}
+            continue
+        out[b] = {"genotype": _search_base_genotype(run, led, b, fcfg), "from": "standard-space FUSE (banked)"}
+    return out
+
+
+def _search_base_genotype(run: _Run, led: _Ledger, base: str, fcfg) -> dict:
+    from tanas_jax.search.genotype import Genotype
+    from tanas_jax.search.spaces import standard_space
+
+    run.log(f"{base} has no genotype: searching one with FUSE in the standard space")
+    data = search_data(run.cfg, base)
+    res = _search(run, led, base, data, "standard", standard_space(), fcfg, "fuse")
+    geno = Genotype.from_dict(res["winner"]).to_dict()
+    run.bank.save_genotype(base, geno, {"source": "bin/tanas (standard-space FUSE for a base)",
+                                        "seed": run.seed, "val_accuracy": res["final"]["val_accuracy"],
+                                        "test_accuracy": res["final"]["test_accuracy"], "data": data.record()})
+    return geno
+
+
+# 4/5 -------------------------------------------------------------------------------------
+def search_data(cfg, task: str, input_shape: tuple | None = None):
+    """``task``'s data for a search: ``input_shape`` (default ``search.input_shape``), the train split
+    capped at ``search.max_train``, the rest from section ``data``."""
+    from tanas_jax import tasks
+
+    d = cfg.data
+    shape = tuple(input_shape or cfg.search.input_shape)
+    return tasks.load_task_data(task, shape, d.source, split_seed=d.split_seed,
+                                val_fraction=d.val_fraction, max_train=cfg.search.max_train,
+                                max_eval=d.max_eval, normalization=d.normalization, data_dir=d.data_dir)
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, method: str) -> dict:
+    """One search (FUSE or random), cached in the bank by a fingerprint of its inputs."""
+    import numpy as np
+
+    from tanas_jax.config import section, to_dict
+    from tanas_jax.search.fuse import fuse_search
+    from tanas_jax.search.random_search import random_search
+
+    final = section(run.cfg, "final")
+    key = "search-" + _fingerprint({"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg),
+                                    "final": to_dict(final),
+                                    "seed": run.seed, "data": data.record()})
+    hit = run.bank.load_artifact(task, "searches", key)   # TODO(cached): Bank.cached
+    if hit is not None:
+        led.reused.append(f"{method} search for {task} in space {label} (bank)")
+        return hit[1]["result"]
+    ck = os.path.join(run.out, "checkpoints", f"{task}-{method}-{key[-8:]}") if run.out else None
+    run.log(f"== {method} for {task}, space {label}: {len(space.ops)} ops ({', '.join(space.ops)}), "
+            f"{space.size()} cells")
+    if method == "random":
+        res = random_search(data, space, fcfg, run.seed, final=final, log=run.log)
+    else:
+        res = fuse_search(data, space, fcfg, run.seed, final=final, checkpoint_dir=ck, log=run.log)
+    run.bank.save_artifact(task, "searches", key, {"done": np.ones(1, np.int8)},   # TODO(cached): Bank.cached
+                           {"result": json.loads(json.dumps(res, default=json_default))})
+    led.computed.append(f"{method} search for {task} in space {label}")
+    return res
+
+
+def _searches(run: _Run, led: _Ledger, data, space, fcfg, baselines: bool) -> dict:
+    """FUSE in the task-aware space, and (``baselines``) FUSE and random search in the standard space."""
+    from tanas_jax.search.spaces import standard_space
+
+    runs = {"task-aware": _search(run, led, run.target, data, space.name, space, fcfg, "fuse")}
+    if baselines:
+        std = standard_space()
+        runs["standard"] = _search(run, led, run.target, data, "standard", std, fcfg, "fuse")
+        runs["random"] = _search(run, led, run.target, data, "standard", std, fcfg, "random")
+    return runs
+
+
+def _bank_target_genotype(run: _Run, data, space, closest: list[str], best: dict) -> dict:
+    """Store the task-aware winner as the target's genotype (the target becomes a base task)."""
+    from tanas_jax.search.genotype import Genotype
+
+    geno = Genotype.from_dict(best["winner"]).to_dict()
+    run.bank.save_genotype(run.target, geno, {
+        "source": "bin/tanas", "space": space.name, "closest": closest, "metric": run.metric,
+        "seed": run.seed, "val_accuracy": best["final"]["val_accuracy"],
+        "test_accuracy": best["final"]["test_accuracy"], "params": best["final"]["params"],
+        "data": data.record()})
+    run.log(f"bank: stored the task-aware winner as {run.target}'s genotype")
+    return geno
+
+
+def summary_rows(runs: dict, nets: list[dict], space_name: str) -> list[dict]:
+    """One row per search run and per target ε-net: the report's and the command's table."""
+    rows = []
+    for name, r in runs.items():
+        f = r["final"]
+        rows.append({"method": RUN_LABELS[name].format(space=space_name), "test_acc": f["test_accuracy"],
+                     "val_acc": f["val_accuracy"], "params": f["params"], "search_s": r["search_wall_s"],
+                     "evaluations": r["candidate_evaluations"], "architecture": r["winner_short"]})
+    for n in nets:
+        if n["role"] == "target":
+            rows.append({"method": f"epsilon-net {n['net']} (seed {n['seed']})", "test_acc": n["test_accuracy"],
+                         "val_acc": "", "params": n["params"], "search_s": "", "evaluations": "",
+                         "architecture": n["net"]})
+    return rows
+
+
+__all__ = ["run_pipeline", "search_data", "summary_rows"]
