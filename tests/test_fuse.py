@@ -193,6 +193,9 @@ def test_single_network_steps_equal_a_one_candidate_fuse_step(digit0):
     assert info["final_loss"] == float(loss)
     acc, _ = fs.accuracy(state, digit0.x_test, digit0.y_test)
     assert single.accuracy(s_state, digit0.x_test, digit0.y_test) == acc[0]
+    # another batch size is another compiled step, not a cache hit of the wrong shape
+    other = runtime.train_single(CONV, digit0, FinalConfig(steps=1, batch_size=8, eval_batch_size=200), [5, 1], 1)
+    assert other[0] is not single and other[0].traces["weights"] == 1
 
 
 def test_random_search_respects_budget(digit0):

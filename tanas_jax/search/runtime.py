@@ -302,10 +302,11 @@ class SingleSteps(CompiledSteps):
 
 
 def single_steps(genotype: Genotype, num_classes: int, recipe: FinalConfig, input_shape) -> SingleSteps:
-    """The cached :class:`SingleSteps` of (genotype, skeleton, classes, shape, lr, eval batch)."""
+    """The cached :class:`SingleSteps` of (genotype, skeleton, classes, shape, lr, batch, eval batch):
+    everything that fixes its compiled shapes and constants."""
     sk = get_skeleton(recipe.skeleton)
     key = ("single", genotype.key(), sk, int(num_classes), tuple(input_shape), recipe.learning_rate,
-           recipe.eval_batch_size)
+           recipe.batch_size, recipe.eval_batch_size)
     return STEP_CACHE.get(key, lambda: SingleSteps(genotype, sk, num_classes, recipe, input_shape))
 
 
