@@ -116,6 +116,8 @@ def md_matrix(r: dict) -> str:
 
 
 def network_table(bank, tasks, net, seeds) -> tuple[str, dict]:
+    from tanas_jax.distance.stats import seed_mean_std
+
     rows, acc = [], {}
     for t in tasks:
         a = []
@@ -124,7 +126,8 @@ def network_table(bank, tasks, net, seeds) -> tuple[str, dict]:
             a.append(meta["metrics"]["test_accuracy"])
         acc[t] = a
         reached = sum(x >= 0.9 for x in a)
-        rows.append(f"| {t} | {np.mean(a):.4f} ± {np.std(a):.4f} | {reached}/{len(a)} |")
+        mean, std = seed_mean_std(a)
+        rows.append(f"| {t} | {mean:.4f} ± {std:.4f} | {reached}/{len(a)} |")
     header = ["| task | test accuracy (mean ± std over seeds) | reached 1-ε = 0.90 |", "|---|---|---|"]
     return "\n".join(header + rows), acc
 
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
 
     from tanas_jax import provenance
     from tanas_jax.bank import Bank
-    from tanas_jax.cli.common import load_config
+    from tanas_jax.config import load_config, updated
     from tanas_jax.distance.table import fisher_distance_table, plot_heatmap
     from tanas_jax.io import atomic_write_json
     from tanas_jax.tasks import resolve_tasks
@@ -166,11 +169,9 @@ def main(argv=None) -> int:
         key = stem(metric, spectrum, extra)
         if args.only and key not in args.only.split(","):
             continue
-        cfg = load_config(args.config, args.overrides)
-        cfg.fisher.full_examples = args.full_examples
-        cfg.distance.metric, cfg.distance.spectrum = metric, spectrum
-        for k, v in extra.items():
-            cfg.distance[k] = v
+        cfg = updated(load_config(args.config, args.overrides),
+                      {"fisher.full_examples": args.full_examples, "distance.metric": metric,
+                       "distance.spectrum": spectrum, **{f"distance.{k}": v for k, v in extra.items()}})
         print(f"== {label(metric, spectrum, extra)} ({len(seeds)} seeds)", flush=True)
         r = fisher_distance_table(bank, tasks, cfg, seeds, progress=not args.no_progress)
         results[key] = r

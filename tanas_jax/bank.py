@@ -8,6 +8,10 @@ Layout (``--bank DIR``, default ``$TANAS_BANK`` or ``./bank``)::
     DIR/tasks/<task>/artifacts/<kind>/<key>.{safetensors,json}   e.g. Fishers, caches
     DIR/tasks/<task>/genotype.json                  searched cell genotype + metadata
 
+Derived artifacts (Fishers, spectra, transform distances) go through :meth:`Bank.cached`: the
+caller describes every input of the computation as JSON-able data, the key is a readable prefix
+plus a short hash of that description, and the artifact is computed and stored only on a miss.
+
 Why safetensors: one flat file of named tensors per entry, no pickle (safe
 to load from a shared bank), readable from PyTorch and numpy alike, and a
 plain file can be written atomically.  (Orbax writes directories, fine for
@@ -25,7 +29,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,8 +61,8 @@ def flatten_tree(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
     elif isinstance(tree, (list, tuple)):
         for i, v in enumerate(tree):
             out.update(flatten_tree(v, f"{prefix}/[{i}]" if prefix else f"[{i}]"))
-    else:
-        out[prefix] = np.ascontiguousarray(np.asarray(tree))
+    else:   # np.require keeps a 0-d leaf 0-d (np.ascontiguousarray would make it shape (1,))
+        out[prefix] = np.require(np.asarray(tree), requirements="C")
     return out
 
 
@@ -136,6 +140,16 @@ def load_tensors(path: str) -> tuple[Any, dict]:
         raise CorruptEntryError(f"bank entry {path} is not a valid safetensors file ({e})") from None
     flat.pop("__empty__", None)
     return unflatten_tree(flat), meta
+
+
+def inputs_digest(inputs: Any, chars: int = 20) -> str:
+    """Stable short hash of a JSON-able description of a computation's inputs.
+
+    sha256 of ``json.dumps(inputs, sort_keys=True, default=str)``, first ``chars`` hex digits: key
+    order does not matter, values that are not JSON (numpy scalars, paths) hash by their ``str``.
+    """
+    blob = json.dumps(inputs, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:chars]
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -218,6 +232,25 @@ class Bank:
             return None
         return load_tensors(p)
 
+    def cached(self, task: str, kind: str, inputs: dict, compute: Callable[[], tuple[Any, dict]], *,
+               key_prefix: str = "", digest_chars: int = 20, recompute: bool = False) -> tuple[Any, dict, bool]:
+        """``(tree, meta, hit)``: the artifact of ``task``/``kind`` computed from ``inputs``.
+
+        The key is ``key_prefix + inputs_digest(inputs, digest_chars)``.  On a hit (and not
+        ``recompute``) the stored tree and metadata are returned; otherwise ``compute()`` gives
+        ``(tree, meta)``, which is stored under the key and returned as computed (the stored
+        metadata also holds the bank's own fields: task, kind, key, sha256, ...).  ``inputs``
+        must name everything the result depends on; a corrupt entry raises, it is never used.
+        """
+        key = key_prefix + inputs_digest(inputs, digest_chars)
+        if not recompute:
+            hit = self.load_artifact(task, kind, key)
+            if hit is not None:
+                return hit[0], hit[1], True
+        tree, meta = compute()
+        self.save_artifact(task, kind, key, tree, meta)
+        return tree, meta, False
+
     # genotypes
     def save_genotype(self, task: str, genotype: dict, meta: dict) -> None:
         body = json.dumps(genotype, sort_keys=True)
@@ -242,30 +275,35 @@ class Bank:
 
     def verify(self) -> list[dict]:
         """Check every entry; returns one record per entry with 'ok' and, if not, 'error'."""
-        report = []
+        records = (self._verify_file(t, path) for t, path in self._entry_files())
+        return [r for r in records if r is not None]
+
+    def _entry_files(self):
+        """``(task, path)`` of every file under every task folder, in a stable order."""
         for t in self.tasks():
             for dirpath, _, files in os.walk(self.task_dir(t)):
                 for f in sorted(files):
-                    path = os.path.join(dirpath, f)
-                    if f.startswith(".tmp-"):
-                        report.append({"path": path, "ok": False,
-                                       "error": "leftover temp file of an interrupted write"})
-                        continue
-                    try:
-                        if f == "genotype.json":
-                            self.load_genotype(t)
-                        elif f.endswith(".json"):
-                            tp = path[: -len(".json")] + ".safetensors"
-                            if not os.path.exists(tp):
-                                raise CorruptEntryError(f"bank entry {path} has no tensor file {tp}")
-                            load_tensors(tp)
-                        elif f.endswith(".safetensors"):
-                            if not os.path.exists(_meta_path(path)):
-                                raise CorruptEntryError(f"bank entry {path} has no metadata file")
-                            continue  # checked with its JSON
-                        else:
-                            continue
-                        report.append({"path": path, "ok": True})
-                    except CorruptEntryError as e:
-                        report.append({"path": path, "ok": False, "error": str(e)})
-        return report
+                    yield t, os.path.join(dirpath, f)
+
+    def _verify_file(self, task: str, path: str) -> dict | None:
+        """The verify record of one file (None for files checked with their partner or not ours)."""
+        f = os.path.basename(path)
+        if f.startswith(".tmp-"):
+            return {"path": path, "ok": False, "error": "leftover temp file of an interrupted write"}
+        try:
+            if f == "genotype.json":
+                self.load_genotype(task)
+            elif f.endswith(".json"):
+                tp = path[: -len(".json")] + ".safetensors"
+                if not os.path.exists(tp):
+                    raise CorruptEntryError(f"bank entry {path} has no tensor file {tp}")
+                load_tensors(tp)
+            elif f.endswith(".safetensors"):
+                if not os.path.exists(_meta_path(path)):
+                    raise CorruptEntryError(f"bank entry {path} has no metadata file")
+                return None  # checked with its JSON
+            else:
+                return None
+        except CorruptEntryError as e:
+            return {"path": path, "ok": False, "error": str(e)}
+        return {"path": path, "ok": True}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from tanas_jax.bank import Bank, flatten_tree, unflatten_tree
+from tanas_jax.bank import Bank, flatten_tree, inputs_digest, unflatten_tree
 from tanas_jax.errors import CorruptEntryError, UserError
 
 
@@ -32,6 +32,55 @@ def test_flatten_roundtrip():
     assert_tree_equal(unflatten_tree(flatten_tree(t)), t)
 
 
+def test_scalar_leaves_keep_their_shape(bank):
+    """A 0-d leaf comes back 0-d (float() of it works), not as shape (1,)."""
+    assert flatten_tree({"s": np.float64(2.5)})["s"].shape == ()
+    bank.save_artifact("mnist_10way", "scalars", "k", {"s": np.float64(2.5), "v": np.arange(2.0)}, {})
+    got, _ = bank.load_artifact("mnist_10way", "scalars", "k")
+    assert got["s"].shape == () and float(got["s"]) == 2.5 and got["v"].shape == (2,)
+
+
+def test_inputs_digest_is_stable():
+    """Keys of banked artifacts depend on this hash: its value must never change."""
+    inputs = {"b": 1, "a": [1, 2], "c": {"z": None, "y": 0.5}}
+    assert inputs_digest(inputs) == "083324eea019469d109f"
+    assert inputs_digest({"c": {"y": 0.5, "z": None}, "a": (1, 2), "b": 1}) == "083324eea019469d109f"
+    assert inputs_digest({"p": "x"}, 16) == "2de281bd8e554898"
+
+
+def test_cached_computes_once_then_hits(bank):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"v": np.arange(3.0)}, {"note": len(calls)}
+
+    inputs = {"b": 1, "a": [1, 2], "c": {"z": None, "y": 0.5}}
+    tree, meta, hit = bank.cached("mnist_10way", "thing", inputs, compute, key_prefix="pre-")
+    assert not hit and calls == [1] and meta == {"note": 1}
+    np.testing.assert_array_equal(tree["v"], np.arange(3.0))
+    # the key is the prefix + the 20-digit digest of the inputs
+    assert os.path.exists(bank.artifact_path("mnist_10way", "thing", "pre-083324eea019469d109f"))
+    tree, meta, hit = bank.cached("mnist_10way", "thing", dict(inputs), compute, key_prefix="pre-")
+    assert hit and calls == [1] and meta["note"] == 1 and meta["key"] == "pre-083324eea019469d109f"
+    np.testing.assert_array_equal(tree["v"], np.arange(3.0))
+    # recompute replaces the entry; another input or prefix is another entry
+    _, meta, hit = bank.cached("mnist_10way", "thing", inputs, compute, key_prefix="pre-", recompute=True)
+    assert not hit and calls == [1, 1] and meta == {"note": 2}
+    _, _, hit = bank.cached("mnist_10way", "thing", dict(inputs, b=2), compute, key_prefix="pre-")
+    assert not hit and len(calls) == 3
+    _, _, hit = bank.cached("mnist_10way", "thing", inputs, compute, key_prefix="p-", digest_chars=16)
+    assert not hit and os.path.exists(bank.artifact_path("mnist_10way", "thing", "p-083324eea019469d"))
+
+
+def test_cached_never_uses_a_corrupt_entry(bank):
+    bank.cached("task0", "thing", {"a": 1}, lambda: ({"v": np.ones(2)}, {}))
+    p = bank.artifact_path("task0", "thing", inputs_digest({"a": 1}))
+    open(p, "ab").write(b"junk")
+    with pytest.raises(CorruptEntryError, match="task0"):
+        bank.cached("task0", "thing", {"a": 1}, lambda: ({"v": np.ones(2)}, {}))
+
+
 def test_network_roundtrip_and_listing(bank):
     t = tree()
     bank.save_network("mnist_digit0", "small_cnn", 3, t, {"metrics": {"test_accuracy": 0.99}})
@@ -50,7 +99,8 @@ def test_artifacts_and_genotypes(bank):
     assert bank.load_artifact("mnist_10way", "fisher", "abc") is None
     bank.save_artifact("mnist_10way", "fisher", "abc", {"d": np.ones(3)}, {"note": "x"})
     got, meta = bank.load_artifact("mnist_10way", "fisher", "abc")
-    np.testing.assert_array_equal(got["d"], np.ones(3)) and meta["note"] == "x"
+    np.testing.assert_array_equal(got["d"], np.ones(3))
+    assert meta["note"] == "x" and meta["key"] == "abc" and meta["kind"] == "fisher"
     g = {"nodes": 4, "edges": [[0, 2, "skip_connect"]]}
     bank.save_genotype("mnist_10way", g, {"source": "test"})
     assert bank.load_genotype("mnist_10way") == (g, {"source": "test"})

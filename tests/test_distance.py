@@ -255,3 +255,30 @@ def test_gram_and_cross_from_stored_gradients_equal_direct():
     other = per_example_gradients(*_net(2, module=Tiny), x, y)
     with pytest.raises(UserError, match="incompatible"):
         cross_from_gradients(gb, other)
+
+
+def test_seed_std_is_the_sample_std_and_zero_for_one_seed():
+    from tanas_jax.distance import seed_mean_std
+
+    rng = np.random.default_rng(0)
+    per_seed = rng.random((3, 2, 2))
+    per_seed[:, 0, 1] = np.nan                                   # a pair that was not computed
+    mean, std = seed_mean_std(per_seed)
+    np.testing.assert_array_equal(mean[1], per_seed.mean(0)[1])
+    np.testing.assert_array_equal(std[1], per_seed.std(0, ddof=1)[1])
+    assert std[1, 0] == pytest.approx(np.sqrt(np.sum((per_seed[:, 1, 0] - mean[1, 0]) ** 2) / 2))
+    assert np.isnan(mean[0, 1]) and np.isnan(std[0, 1])
+    mean1, std1 = seed_mean_std(per_seed[:1])                    # one seed: 0.0, never NaN
+    np.testing.assert_array_equal(std1, np.zeros((2, 2)))
+    np.testing.assert_array_equal(mean1[1], per_seed[0, 1])
+    m, s = seed_mean_std([0.9, 0.8])                             # a plain list over seeds
+    assert m == pytest.approx(0.85) and s == pytest.approx(np.sqrt(0.005))
+
+
+def test_valid_values_have_one_home():
+    import tanas_jax.config as C
+    import tanas_jax.distance as D
+    from tanas_jax.distance import prepare
+
+    assert D.HEAD_MODES is C.HEAD_MODES and prepare.NORMALIZATIONS is C.NORMALIZATIONS
+    assert D.REDUCTIONS is C.REDUCTIONS and D.METRICS is C.METRICS and D.SPECTRA is C.SPECTRA

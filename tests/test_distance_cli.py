@@ -113,7 +113,7 @@ def test_distance_target_ranking_matches_table(tiny):
     (["--target", "nosuch", "--bases", "mnist_digit0"], "unknown task 'nosuch'"),
     (["--target", "mnist_digit0", "--bases", "mnist_digit0"], "no base tasks left"),
     (["--tasks", "mnist_digit0,mnist_digit6", "--seeds", "0,x"], "--seeds must be"),
-    (["--tasks", "mnist_digit0,mnist_digit6", "--set", "distance.sigma2=0.0"], "sigma2 must be a positive"),
+    (["--tasks", "mnist_digit0,mnist_digit6", "--set", "distance.sigma2=0.0"], "distance.sigma2: must be > 0"),
 ])
 def test_distance_cli_bad_input_is_one_line(tmp_path, capsys, argv, msg):
     # in-process (the same cli_main wrapper as bin/distance); one real subprocess below
@@ -149,7 +149,7 @@ def test_incompatible_networks_are_one_line(tiny, tmp_path, capsys):
     from tanas_jax.cli.fisher import main
 
     assert main(["--task", "mnist_digit0", "--examples", "0", "--bank", str(tmp_path / "b2"), *TINY]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["error: --examples must be positive, got 0"]
+    assert capsys.readouterr().err.strip().splitlines() == ["error: fisher.examples: must be >= 1, got 0"]
     assert not os.path.exists(tmp_path / "b2" / "tasks")
 
 
@@ -231,6 +231,8 @@ def test_full_spectrum_tables_on_the_tiny_bank(tiny):
         cfg = _tiny_cfg(**{"distance.spectrum": "full", "distance.metric": metric})
         res[metric] = np.array(fisher_distance_table(bank, pair, cfg, [0], progress=False)["mean"])
         assert res[metric][0, 0] == res[metric][1, 1] == 0 and np.all(res[metric][~np.eye(2, dtype=bool)] > 0)
+        again = fisher_distance_table(bank, pair, cfg, [0], progress=False)    # every spectrum from the bank
+        assert again["cache"]["computed"] == 0 and np.array_equal(np.array(again["mean"]), res[metric])
     assert np.all(res["frechet"] <= 1)
     # direct: d[digit0 -> 10way] from gram_matrix / cross_gram
     store = FisherStore(bank, cfg, progress=False)
@@ -245,3 +247,49 @@ def test_full_spectrum_tables_on_the_tiny_bank(tiny):
     assert res["logdet"][0, 1] == pytest.approx(ld, rel=1e-5)
     fr = frechet_distance_full(np.trace(Kb), np.trace(Kt), nuclear_norm(cross_gram(ab, vb, at, vt, x, y, **kw)))
     assert res["frechet"][0, 1] == pytest.approx(fr, rel=1e-4)
+
+
+def test_fisher_cache_keys_are_stable(tiny, tmp_path):
+    """Entries banked under the key scheme of every release so far are found: sentinels stored under
+    hand-built keys (``<data task>-s<seed>-<20 hex>``, ``<base>-s<seed>-<20 hex>`` for the cross-Gram)
+    are what the store returns, without computing anything."""
+    if "table" not in tiny:
+        pytest.skip("needs the table test's bank")
+    import hashlib
+    import shutil
+
+    from tanas_jax.bank import Bank
+    from tanas_jax.distance.table import FisherStore
+
+    src = Bank(tiny["bank"])
+    bank = Bank(str(tmp_path / "bank"))
+    for t in ("mnist_digit0", "mnist_10way"):
+        shutil.copytree(os.path.join(src.task_dir(t), "networks"), os.path.join(bank.task_dir(t), "networks"))
+    store = FisherStore(bank, _tiny_cfg(), progress=False)
+
+    def net(t):
+        meta = json.load(open(bank.network_path(t, "small_cnn", 0).replace(".safetensors", ".json")))
+        return {"task": t, "net": "small_cnn", "seed": 0, "sha256": meta["sha256"], "num_classes": meta["num_classes"]}
+
+    rec = store.data("mnist_10way")[2].record()
+    data = {k: rec.get(k) for k in ("task", "dataset", "source", "split_seed", "val_fraction", "max_train",
+                                    "max_eval", "normalization")}
+
+    def key(prefix, inputs):
+        return prefix + hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    common = {"data": data, "split": "train", "estimator": "empirical", "version": 1}
+    fisher_in = {**common, "network": net("mnist_digit0"), "examples": 64, "mc_samples": None, "authors_fisher": False}
+    bank.save_artifact("mnist_digit0", "fisher_diag", key("mnist_10way-s0-", fisher_in), {"x": np.full(3, 7.0)}, {})
+    gram_in = {**common, "network": net("mnist_digit0"), "examples": 32, "head": "pad"}
+    bank.save_artifact("mnist_digit0", "fisher_gram_eigs", key("mnist_10way-s0-", gram_in),
+                       {"eigs": np.array([3.0, 1.0])}, {"n": 5})
+    cross_in = {**common, "base": net("mnist_digit0"), "target": net("mnist_10way"), "examples": 32, "head": "pad"}
+    bank.save_artifact("mnist_10way", "fisher_cross_gram", key("mnist_digit0-s0-", cross_in),   # shape (1,):
+                       {"tr_b": np.array([1.5]), "tr_t": np.array([2.5]), "nuclear": np.array([0.5])}, {})  # old banks
+    tree, _ = store.fisher("mnist_digit0", "mnist_10way", 0)
+    np.testing.assert_array_equal(tree["x"], np.full(3, 7.0))
+    eigs, n = store.gram_eigs("mnist_digit0", "mnist_10way", 0, "pad")
+    assert eigs.tolist() == [3.0, 1.0] and n == 5
+    assert store.cross("mnist_digit0", "mnist_10way", 0, "pad") == (1.5, 2.5, 0.5)
+    assert store.stats["cached"] == 3 and store.stats["computed"] == 0

@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 
 from tanas_jax import models
-from tanas_jax.models.layers import Conv, extract_patches, max_pool_2x2
+from tanas_jax.layers import Conv, extract_patches, max_pool_2x2
 
 
 def count_params(name, classes=10):

@@ -10,6 +10,8 @@ cost; the distance only sees (features, head) pairs either way.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 
 import jax
@@ -19,6 +21,7 @@ import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tanas_jax.config import TransformConfig, from_section, section
 from tanas_jax.distance import transform as T
 from tanas_jax.errors import UserError
 
@@ -123,7 +126,7 @@ def test_mask_keeps_pruned_weights_exactly_zero_through_training():
     rng = np.random.RandomState(0)
     x = rng.rand(256, 32).astype(np.float32)
     y = np.maximum(x @ rng.randn(32, 32).astype(np.float32), 0)
-    cfg = T.TransformConfig.from_any(dict(batch_size=32))
+    cfg = from_section(TransformConfig, dict(batch_size=32))
     widths = cfg.widths(32, 32)
     params = T.init_transform(jax.random.PRNGKey(0), widths)
     mask = T.magnitude_prune(params, T.full_mask(params), 0.6, "layer")
@@ -208,14 +211,38 @@ def test_different_feature_widths_need_an_adapter():
                                  dict(bogus=1)])
 def test_bad_settings_are_one_line_user_errors(bad):
     with pytest.raises(UserError) as e:
-        T.TransformConfig.from_any(bad)
+        from_section(TransformConfig, bad)
     assert "\n" not in str(e.value)
+    with pytest.raises(UserError):          # the distance itself refuses them the same way
+        T.transform_distance(np.ones((4, 2)), np.ones((4, 2)), {"kernel": np.ones((2, 2)), "bias": np.zeros(2)},
+                             np.zeros(4), bad)
 
 
 def test_config_scales_hidden_widths_with_the_feature_width():
     assert T.default_config().widths(1024, 1024) == (1024, 2048, 512, 1024)   # paper §4
     assert T.default_config().widths(128, 128) == (128, 256, 64, 128)
-    assert T.TransformConfig.from_any({"transform": {"hidden": [8]}}).widths(4, 4) == (4, 8, 4)
+    assert section({"transform": {"hidden": [8]}}, "transform").widths(4, 4) == (4, 8, 4)
+
+
+def test_settings_and_valid_values_come_from_the_config_module():
+    import tanas_jax.config as C
+
+    assert T.TransformConfig is C.TransformConfig and T.SCOPES is C.SCOPES and T.CRITERIA is C.CRITERIA
+    assert T.default_config() == C.TransformConfig()
+
+
+@pytest.mark.parametrize("settings, digest", [
+    # digests of TransformConfig.digest() before the config moved to tanas_jax.config (bank cache keys)
+    ({}, "ccf8d214c027"),
+    ("quick", "ed2fc3982831"),
+    ({"hidden": (8,), "scope": "global", "max_train": 100, "net": "small_cnn"}, "1249adb58a64"),
+    ({"criterion": "mse", "mse_factor": 3.0, "tolerance": 0.05, "adapter": True}, "fd64036ef7cc"),
+])
+def test_settings_digest_is_stable(settings, digest):
+    from tanas_jax.config import load_config
+
+    tc = section(load_config("quick"), "transform") if settings == "quick" else from_section(TransformConfig, settings)
+    assert T.settings_digest(tc) == digest
 
 
 # ---------------------------------------------------------------- real pairs
@@ -289,12 +316,29 @@ def test_table_over_a_bank_caches_pairs(tmp_path):
                           {"num_classes": 2, "metrics": {"test_accuracy": 0.5, "reached_epsilon": False}})
     first = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
     assert first["tasks"] == tasks and np.asarray(first["mean"]).shape == (2, 2)
+    assert first["std"] == [[0.0, 0.0], [0.0, 0.0]]          # one seed: no spread, 0.0 (not NaN)
+    # the bank key format of every release so far: from=A+net=N+seed=S+<16 hex of the inputs>
+    inputs = {"transform": first["config"], "net": "small_cnn", "source": "bundled",
+              "data": {"split_seed": 0, "val_fraction": 0.1, "max_train": 200, "max_eval": 100,
+                       "normalization": None},
+              "net_a": first["networks"]["mnist_digit0/seed0"]["sha256"],
+              "net_b": first["networks"]["mnist_digit3/seed0"]["sha256"]}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stored = bank.load_artifact("mnist_digit3", "transform_distance", f"from=mnist_digit0+net=small_cnn+seed=0+{digest}")
+    assert stored is not None and stored[1]["result"]["distance"] == first["mean"][0][1]
     assert np.all((np.asarray(first["mean"]) > 0) & (np.asarray(first["mean"]) <= 1))
     assert first["timing"]["pairs_cached"] == 0
     p = {(q["source"], q["target"]): q for q in first["pairs"]}
     assert first["mean"][0][1] == p["mnist_digit0", "mnist_digit3"]["distance"]   # rows = source
     again = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
     assert again["timing"]["pairs_cached"] == 4 and again["mean"] == first["mean"]
+    column = T.transform_distance_table(bank, tasks, cfg, seeds=[0], targets=["mnist_digit3"], progress=False,
+                                        log=lambda *a: None)                       # the target column only
+    assert column["timing"]["pairs_total"] == column["timing"]["pairs_cached"] == 2
+    assert [row[1] for row in column["mean"]] == [row[1] for row in first["mean"]]
+    assert [row[0] for row in column["mean"]] == [None, None] and column["targets"] == ["mnist_digit3"]
+    with pytest.raises(UserError, match="not in the table"):
+        T.transform_distance_table(bank, tasks, cfg, seeds=[0], targets=["mnist_digit6"], progress=False)
     cfg.transform.tolerance = 0.05          # a changed setting is recomputed, never reused
     third = T.transform_distance_table(bank, tasks, cfg, seeds=[0], progress=False, log=lambda *a: None)
     assert third["timing"]["pairs_cached"] == 0

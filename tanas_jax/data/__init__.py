@@ -1,5 +1,10 @@
 """Raw datasets from three kinds of source, picked automatically.
 
+This package owns finding and reading those sources (``formats`` parses the file formats) and
+returns uint8 NHWC images with integer labels, plus which source and how many examples were used,
+so results can record it.  It knows nothing about tasks, label maps, preprocessing or networks: it
+imports only the foundation modules (``errors``, ``io``, ``config``).
+
 Sources, in the order ``auto`` tries them:
 
 1. ``tfds`` — a *prepared* TensorFlow Datasets copy, read with

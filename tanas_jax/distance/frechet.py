@@ -12,13 +12,12 @@ Authors' code: ``0.5 * sum (sqrt F_b - sqrt F_t)^2`` = d_f**2 (same ranking).
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tanas_jax.distance.prepare import REDUCTIONS, align, normalize_leaves
+from tanas_jax.config import REDUCTIONS
+from tanas_jax.distance.prepare import align, normalize_leaves
 from tanas_jax.errors import UserError
 
 INV_SQRT2 = 1.0 / np.sqrt(2.0)

@@ -7,7 +7,7 @@
 spectra the eigenvalues are the diagonal entries; on full spectra they are
 the Gram eigenvalues plus ``n - M`` zeros (``tanas_jax.fisher.gram``).
 
-Authors' code (REFERENCE.md): s = 1e-10 after unit-total normalisation and
+Authors' code (``docs/authors_code.md``): s = 1e-10 after unit-total normalisation and
 the absolute value taken PER LAYER, ``reduction='per_layer'``:
 ``sum_l |sum_{i in l} log((F_b+s)/(F_t+s))| / n``.
 """
@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tanas_jax.distance.prepare import REDUCTIONS, align, check_sigma2, normalize_leaves
+from tanas_jax.config import REDUCTIONS
+from tanas_jax.distance.prepare import align, check_sigma2, normalize_leaves
 from tanas_jax.errors import UserError
 
 

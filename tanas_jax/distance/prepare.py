@@ -11,12 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tanas_jax.config import HEAD_MODES, NORMALIZATIONS
 from tanas_jax.errors import UserError
 from tanas_jax.fisher.engine import leaf_names
-
-HEAD_MODES = ("pad", "backbone")
-NORMALIZATIONS = ("network", "layer")
-REDUCTIONS = ("global", "per_layer")
 
 
 def check_sigma2(sigma2: float) -> float:

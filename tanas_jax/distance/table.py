@@ -3,92 +3,66 @@
 ``d[b, t]`` (row b = base, column t = target, as LD-NAS Figure 1) compares
 the Fisher of base network b on target data t with the Fisher of target
 network t on the same data.  Every Fisher (and full-spectrum quantity) is
-cached in the bank under a key hashing all its inputs (task, net, seed,
-network checksum, data task, examples, estimator, data settings...), so it is
-recomputed only when an input changes.
+cached in the bank (:meth:`~tanas_jax.bank.Bank.cached`) under a key hashing
+all its inputs (task, net, seed, network checksum, data task, examples,
+estimator, data settings...), so it is recomputed only when an input changes.
+The settings are read from the config's ``fisher`` and ``distance`` sections
+(:mod:`tanas_jax.config`), the one place that holds their defaults.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
 import time
 
 import numpy as np
 
+from tanas_jax.config import section, to_dict, updated
+from tanas_jax.distance.stats import finite_lists, seed_mean_std
 from tanas_jax.errors import UserError
 
 FISHER_KIND = "fisher_diag"
 GRAM_KIND = "fisher_gram_eigs"
 CROSS_KIND = "fisher_cross_gram"
-
-
-def _section(cfg, name):
-    return cfg[name] if name in cfg else {}
-
-
-def _get(sec, key, default):
-    try:
-        v = sec[key]
-    except (KeyError, AttributeError, TypeError):
-        return default
-    return default if v is None else v
-
-
-def fisher_settings(cfg) -> dict:
-    """The Fisher-engine settings (from ``cfg.fisher`` and ``cfg.distance``)."""
-    f, d = _section(cfg, "fisher"), _section(cfg, "distance")
-    return {
-        "examples": int(_get(f, "examples", 500)),
-        "full_examples": int(_get(f, "full_examples", 256)),
-        "split": str(_get(f, "split", "train")),
-        "estimator": str(_get(f, "estimator", "empirical")),
-        "mc_samples": int(_get(f, "mc_samples", 1)),
-        "method": str(_get(f, "method", "auto")),
-        "microbatch": _get(f, "microbatch", None),
-        "memory_budget_mb": int(_get(f, "memory_budget_mb", 2048)),
-        "authors_fisher": bool(_get(d, "authors_fisher", False)),
-    }
-
-
-def distance_settings(cfg) -> dict:
-    d = _section(cfg, "distance")
-    return {
-        "metric": str(_get(d, "metric", "logdet")),
-        "spectrum": str(_get(d, "spectrum", "diag")),
-        "sigma2": float(_get(d, "sigma2", 1e-10)),
-        "normalization": str(_get(d, "normalization", "network")),
-        "reduction": str(_get(d, "reduction", "global")),
-        "head": str(_get(d, "head", "pad")),
-    }
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+FISHER_METRICS = ("logdet", "frechet")
+SETTINGS_FIELDS = ("metric", "spectrum", "sigma2", "normalization", "reduction", "head")
+DATA_RECORD_FIELDS = ("task", "dataset", "source", "split_seed", "val_fraction", "max_train", "max_eval",
+                      "normalization")
 
 
 class FisherStore:
-    """Loads networks and task data once; computes/caches Fishers in the bank."""
+    """Loads networks and task data once; computes/caches Fishers in the bank.
 
-    def __init__(self, bank, cfg, progress: bool = True, log=print, recompute: bool = False):
+    Each Fisher quantity is computed in one place: the diagonal in :meth:`_fisher_diag`, the
+    per-example gradients (shared by the Gram and the cross-Gram, the last few kept by
+    :meth:`_grads`) in :meth:`_per_example_gradients`, the Gram spectrum and the cross-Gram terms
+    in the ``compute`` closures of :meth:`gram_eigs` and :meth:`cross`.  ``stats`` counts bank
+    hits (``cached``) and misses (``computed``).
+    """
+
+    def __init__(self, bank, cfg, progress: bool = True, log=print, recompute: bool = False, engine=None):
         from tanas_jax import models
+        from tanas_jax.fisher import FisherEngine
 
         self.bank, self.cfg, self.progress, self.log, self.recompute = bank, cfg, progress, log, recompute
-        self.net = cfg.train.net
+        self.net = section(cfg, "train").net
         self.spec = models.get_net(self.net)
-        self.fs = fisher_settings(cfg)
-        for k in ("examples", "full_examples"):   # fail before any network is trained
-            if self.fs[k] <= 0:
-                raise UserError(f"--examples must be positive, got {self.fs[k]}" if k == "examples" else
-                                f"fisher.full_examples must be positive, got {self.fs[k]}")
+        self.fisher_cfg = section(cfg, "fisher")        # validated: fails before any network is trained
+        self.authors_fisher = section(cfg, "distance").authors_fisher
+        self.data_cfg = section(cfg, "data")
         self._nets: dict = {}
         self._data: dict = {}
         self._apply: dict = {}
         self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0}
         self._grad_cache: dict = {}
         self._grad_keep = 12   # per-example gradient matrices kept (a target and its bases)
+        # compiled Fisher steps and Gram blocks live here (bounded), not in module globals
+        self.engine = engine if engine is not None else FisherEngine()
+
+    def fisher_record(self) -> dict:
+        """The Fisher settings as plain data (the ``fisher`` section + ``distance.authors_fisher``)."""
+        return {**to_dict(self.fisher_cfg), "authors_fisher": self.authors_fisher}
 
     # -- inputs
     def network(self, task: str, seed: int):
@@ -130,69 +104,71 @@ class FisherStore:
         return self._apply[num_classes]
 
     def data(self, task: str, full: bool = False):
+        """``(x, y, task_data)``: the first ``examples`` (``full_examples`` when ``full``) of the split."""
         if task not in self._data:
             from tanas_jax.tasks import load_task_data
 
-            c = self.cfg.data
+            c = self.data_cfg
             self._data[task] = load_task_data(task, self.spec.input_shape, c.source, split_seed=c.split_seed,
                                               val_fraction=c.val_fraction, max_train=c.max_train,
                                               max_eval=c.max_eval, normalization=c.normalization,
                                               data_dir=c.data_dir)
         d = self._data[task]
-        split = self.fs["split"]
-        if split not in ("train", "val", "test"):
-            raise UserError(f"fisher.split must be train, val or test, got '{split}'")
+        split = self.fisher_cfg.split
         x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
-        m = self.fs["full_examples"] if full else self.fs["examples"]
-        if m <= 0:
-            raise UserError(f"--examples must be positive, got {m}")
+        m = self.fisher_cfg.full_examples if full else self.fisher_cfg.examples
         return x[:m], y[:m], d
 
-    def _net_record(self, task, seed):
+    def net_record(self, task, seed) -> dict:
+        """What identifies a banked network in a cache key (its checksum included)."""
         variables, meta = self.network(task, seed)
         return {"task": task, "net": self.net, "seed": seed, "sha256": meta.get("sha256"),
                 "num_classes": int(meta.get("num_classes", 0))}
 
-    def _data_record(self, data_task):
+    def data_record(self, data_task) -> dict:
+        """What identifies a task's data in a cache key and in a table's ``data`` entry."""
         _, _, d = self.data(data_task)
         r = d.record()
-        return {k: r.get(k) for k in ("task", "dataset", "source", "split_seed", "val_fraction", "max_train",
-                                      "max_eval", "normalization")}
+        return {k: r.get(k) for k in DATA_RECORD_FIELDS}
+
+    def _count(self, hit: bool) -> None:
+        self.stats["cached" if hit else "computed"] += 1
 
     # -- Fisher diagonal
     def fisher(self, net_task: str, data_task: str, seed: int):
         """Diagonal Fisher of ``net_task``'s network (``seed``) on ``data_task``'s data; cached."""
+        fc = self.fisher_cfg
+        inputs = {"network": self.net_record(net_task, seed), "data": self.data_record(data_task),
+                  "split": fc.split, "examples": fc.examples, "estimator": fc.estimator,
+                  "mc_samples": fc.mc_samples if fc.estimator == "mc" else None,
+                  "authors_fisher": self.authors_fisher, "version": 1}
+        tree, meta, hit = self.bank.cached(net_task, FISHER_KIND, inputs,
+                                           lambda: self._fisher_diag(net_task, data_task, seed, inputs),
+                                           key_prefix=f"{data_task}-s{seed}-", recompute=self.recompute)
+        self._count(hit)
+        return tree, meta
+
+    def _fisher_diag(self, net_task: str, data_task: str, seed: int, inputs: dict):
+        """``(tree, meta)``: the diagonal Fisher computed now (the one ``fisher_diag`` call)."""
         import jax
 
         from tanas_jax.fisher import fisher_diag
 
-        fs = self.fs
-        inputs = {"network": self._net_record(net_task, seed), "data": self._data_record(data_task),
-                  "split": fs["split"], "examples": fs["examples"], "estimator": fs["estimator"],
-                  "mc_samples": fs["mc_samples"] if fs["estimator"] == "mc" else None,
-                  "authors_fisher": fs["authors_fisher"], "version": 1}
-        key = f"{data_task}-s{seed}-{_digest(inputs)}"
-        if not self.recompute:
-            hit = self.bank.load_artifact(net_task, FISHER_KIND, key)
-            if hit is not None:
-                self.stats["cached"] += 1
-                return hit[0], hit[1]
+        fc = self.fisher_cfg
         variables, meta = self.network(net_task, seed)
         x, y, _ = self.data(data_task)
         apply = self.apply_fn(int(meta["num_classes"]))
         t0 = time.perf_counter()
-        tree, info = fisher_diag(apply, variables, x, y, estimator=fs["estimator"], mc_samples=fs["mc_samples"],
-                                 rng=jax.random.PRNGKey(seed), method=fs["method"],
-                                 microbatch=fs["microbatch"], memory_budget=fs["memory_budget_mb"] * 2**20,
-                                 authors=fs["authors_fisher"], progress=False,
-                                 name=f"network {net_task} (seed {seed}) on {data_task} data", return_info=True)
+        tree, info = fisher_diag(apply, variables, x, y, estimator=fc.estimator, mc_samples=fc.mc_samples,
+                                 rng=jax.random.PRNGKey(seed), method=fc.method,
+                                 microbatch=fc.microbatch, memory_budget=fc.memory_budget_mb * 2**20,
+                                 authors=self.authors_fisher, progress=False,
+                                 name=f"network {net_task} (seed {seed}) on {data_task} data", return_info=True,
+                                 engine=self.engine)
         tree = jax.tree_util.tree_map(np.asarray, tree)
         dt = time.perf_counter() - t0
-        self.stats["computed"] += 1
         self.stats["fisher_seconds"] += dt
-        meta_out = {"inputs": inputs, "info": info, "examples": int(x.shape[0]), "seconds": dt}
-        self.bank.save_artifact(net_task, FISHER_KIND, key, tree, meta_out)
-        return tree, meta_out
+        return tree, {"inputs": inputs, "info": info, "examples": int(x.shape[0]), "seconds": dt}
 
     # -- full spectra
     def _grads(self, net_task: str, data_task: str, seed: int):
@@ -202,99 +178,110 @@ class FisherStore:
         kept so that the Gram (log-det) and the cross-Gram (Fréchet) of a pair
         share one gradient pass per network instead of three.
         """
-        import jax
-
-        from tanas_jax.fisher import per_example_gradients
-
         key = (net_task, data_task, seed)
         if key not in self._grad_cache:
-            fs = self.fs
-            variables, meta = self.network(net_task, seed)
-            x, y, _ = self.data(data_task, full=True)
-            apply = self.apply_fn(int(meta["num_classes"]))
-            t0 = time.perf_counter()
-            g = per_example_gradients(apply, variables, x, y, estimator=fs["estimator"],
-                                      rng=jax.random.PRNGKey(seed), microbatch=fs["microbatch"],
-                                      memory_budget=fs["memory_budget_mb"] * 2**20)
-            self.stats["fisher_seconds"] += time.perf_counter() - t0
+            g = self._per_example_gradients(net_task, data_task, seed)
             while len(self._grad_cache) >= self._grad_keep:
                 self._grad_cache.pop(next(iter(self._grad_cache)))
             self._grad_cache[key] = g
         return self._grad_cache[key]
 
+    def _per_example_gradients(self, net_task: str, data_task: str, seed: int):
+        """The one ``per_example_gradients`` call (timed into ``stats['fisher_seconds']``)."""
+        import jax
+
+        from tanas_jax.fisher import per_example_gradients
+
+        fc = self.fisher_cfg
+        variables, meta = self.network(net_task, seed)
+        x, y, _ = self.data(data_task, full=True)
+        apply = self.apply_fn(int(meta["num_classes"]))
+        t0 = time.perf_counter()
+        g = per_example_gradients(apply, variables, x, y, estimator=fc.estimator,
+                                  rng=jax.random.PRNGKey(seed), microbatch=fc.microbatch,
+                                  memory_budget=fc.memory_budget_mb * 2**20, engine=self.engine)
+        self.stats["fisher_seconds"] += time.perf_counter() - t0
+        return g
+
     def gram_eigs(self, net_task: str, data_task: str, seed: int, head: str):
+        """``(eigenvalues, n)`` of the Gram of ``net_task``'s network on ``data_task``'s data; cached."""
         from tanas_jax.fisher import gram_eigenvalues, gram_from_gradients
 
-        fs = self.fs
-        inputs = {"network": self._net_record(net_task, seed), "data": self._data_record(data_task),
-                  "split": fs["split"], "examples": fs["full_examples"], "estimator": fs["estimator"],
+        fc = self.fisher_cfg
+        inputs = {"network": self.net_record(net_task, seed), "data": self.data_record(data_task),
+                  "split": fc.split, "examples": fc.full_examples, "estimator": fc.estimator,
                   "head": head, "version": 1}
-        key = f"{data_task}-s{seed}-{_digest(inputs)}"
-        if not self.recompute:
-            hit = self.bank.load_artifact(net_task, GRAM_KIND, key)
-            if hit is not None:
-                self.stats["cached"] += 1
-                return np.asarray(hit[0]["eigs"]), int(hit[1]["n"])
-        K, n = gram_from_gradients(self._grads(net_task, data_task, seed), head=head)
-        eigs = gram_eigenvalues(K)
-        self.stats["computed"] += 1
-        self.bank.save_artifact(net_task, GRAM_KIND, key, {"eigs": eigs}, {"inputs": inputs, "n": n})
-        return eigs, n
+
+        def compute():
+            K, n = gram_from_gradients(self._grads(net_task, data_task, seed), head=head)
+            return {"eigs": gram_eigenvalues(K)}, {"inputs": inputs, "n": n}
+
+        tree, meta, hit = self.bank.cached(net_task, GRAM_KIND, inputs, compute,
+                                           key_prefix=f"{data_task}-s{seed}-", recompute=self.recompute)
+        self._count(hit)
+        return np.asarray(tree["eigs"]), int(meta["n"])
 
     def cross(self, base: str, target: str, seed: int, head: str):
         """(tr F_bt, tr F_tt, ||A^T B||_*) for the full Fréchet distance; cached on the target."""
         from tanas_jax.distance.frechet import nuclear_norm
         from tanas_jax.fisher import cross_from_gradients
 
-        fs = self.fs
-        inputs = {"base": self._net_record(base, seed), "target": self._net_record(target, seed),
-                  "data": self._data_record(target), "split": fs["split"], "examples": fs["full_examples"],
-                  "estimator": fs["estimator"], "head": head, "version": 1}
-        key = f"{base}-s{seed}-{_digest(inputs)}"
-        if not self.recompute:
-            hit = self.bank.load_artifact(target, CROSS_KIND, key)
-            if hit is not None:
-                self.stats["cached"] += 1
-                v = hit[0]
-                return float(v["tr_b"]), float(v["tr_t"]), float(v["nuclear"])
-        C = cross_from_gradients(self._grads(base, target, seed), self._grads(target, target, seed), head=head)
-        # tr F = sum of the Gram's eigenvalues (the whole net: zero padding adds nothing), shared with logdet
-        tr_b = float(np.sum(self.gram_eigs(base, target, seed, "backbone" if head == "backbone" else "pad")[0]))
-        tr_t = float(np.sum(self.gram_eigs(target, target, seed, "backbone" if head == "backbone" else "pad")[0]))
-        nuc = nuclear_norm(C)
-        self.stats["computed"] += 1
-        self.bank.save_artifact(target, CROSS_KIND, key,
-                                {"tr_b": np.float64(tr_b), "tr_t": np.float64(tr_t), "nuclear": np.float64(nuc)},
-                                {"inputs": inputs})
-        return tr_b, tr_t, nuc
+        fc = self.fisher_cfg
+        inputs = {"base": self.net_record(base, seed), "target": self.net_record(target, seed),
+                  "data": self.data_record(target), "split": fc.split, "examples": fc.full_examples,
+                  "estimator": fc.estimator, "head": head, "version": 1}
+
+        def compute():
+            C = cross_from_gradients(self._grads(base, target, seed), self._grads(target, target, seed), head=head)
+            # tr F = sum of the Gram's eigenvalues (the whole net: zero padding adds nothing), shared with logdet
+            gram_head = "backbone" if head == "backbone" else "pad"
+            tr_b = float(np.sum(self.gram_eigs(base, target, seed, gram_head)[0]))
+            tr_t = float(np.sum(self.gram_eigs(target, target, seed, gram_head)[0]))
+            return ({"tr_b": np.float64(tr_b), "tr_t": np.float64(tr_t), "nuclear": np.float64(nuclear_norm(C))},
+                    {"inputs": inputs})
+
+        v, _, hit = self.bank.cached(target, CROSS_KIND, inputs, compute, key_prefix=f"{base}-s{seed}-",
+                                     recompute=self.recompute)
+        self._count(hit)
+        # banks written before 0-d tensors were kept 0-d hold these scalars with shape (1,)
+        return tuple(float(np.asarray(v[k]).reshape(())) for k in ("tr_b", "tr_t", "nuclear"))
 
 
-def pair_distance(store: FisherStore, base: str, target: str, seed: int, ds: dict) -> float:
-    """d[base, target] for one seed."""
-    from tanas_jax.distance import frechet, logdet
-
-    metric, spectrum = ds["metric"], ds["spectrum"]
+def pair_distance(store: FisherStore, base: str, target: str, seed: int, dc) -> float:
+    """d[base, target] for one seed; ``dc`` is the :class:`~tanas_jax.config.DistanceConfig`."""
     if base == target:
         return 0.0
-    names = (f"{base} net on {target} data", f"{target} net on {target} data")
-    if spectrum == "diag":
-        fb, _ = store.fisher(base, target, seed)
-        ft, _ = store.fisher(target, target, seed)
-        if metric == "logdet":
-            return logdet.logdet_distance_diag(fb, ft, sigma2=ds["sigma2"], normalization=ds["normalization"],
-                                               reduction=ds["reduction"], head=ds["head"], names=names)
-        return frechet.frechet_distance_diag(fb, ft, normalization=ds["normalization"],
-                                             reduction=ds["reduction"], head=ds["head"], names=names)
-    if ds["normalization"] != "network" or ds["reduction"] != "global":
+    if dc.spectrum == "diag":
+        return _diag_distance(store, base, target, seed, dc)
+    if dc.normalization != "network" or dc.reduction != "global":
         raise UserError("full spectra support --normalization network and --reduction global only; "
                         "use --spectrum diag for layer-wise options")
-    if metric == "logdet":
-        eb, nb = store.gram_eigs(base, target, seed, ds["head"])
-        et, nt = store.gram_eigs(target, target, seed, ds["head"])
-        if ds["head"] == "pad":  # zero-padded heads: both Fishers live in the larger space
+    return _full_distance(store, base, target, seed, dc)
+
+
+def _diag_distance(store: FisherStore, base: str, target: str, seed: int, dc) -> float:
+    from tanas_jax.distance import frechet, logdet
+
+    names = (f"{base} net on {target} data", f"{target} net on {target} data")
+    fb, _ = store.fisher(base, target, seed)
+    ft, _ = store.fisher(target, target, seed)
+    if dc.metric == "logdet":
+        return logdet.logdet_distance_diag(fb, ft, sigma2=dc.sigma2, normalization=dc.normalization,
+                                           reduction=dc.reduction, head=dc.head, names=names)
+    return frechet.frechet_distance_diag(fb, ft, normalization=dc.normalization,
+                                         reduction=dc.reduction, head=dc.head, names=names)
+
+
+def _full_distance(store: FisherStore, base: str, target: str, seed: int, dc) -> float:
+    from tanas_jax.distance import frechet, logdet
+
+    if dc.metric == "logdet":
+        eb, nb = store.gram_eigs(base, target, seed, dc.head)
+        et, nt = store.gram_eigs(target, target, seed, dc.head)
+        if dc.head == "pad":  # zero-padded heads: both Fishers live in the larger space
             nb = nt = max(nb, nt)
-        return logdet.logdet_distance_full(eb, nb, et, nt, sigma2=ds["sigma2"])
-    tr_b, tr_t, nuc = store.cross(base, target, seed, ds["head"])
+        return logdet.logdet_distance_full(eb, nb, et, nt, sigma2=dc.sigma2)
+    tr_b, tr_t, nuc = store.cross(base, target, seed, dc.head)
     return frechet.frechet_distance_full(tr_b, tr_t, nuc)
 
 
@@ -303,47 +290,53 @@ def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progres
     """Mean/std over ``seeds`` of d[b, t] for b, t in ``tasks`` (only columns ``targets`` if given).
 
     Returns ``{'tasks', 'targets', 'seeds', 'mean', 'std', 'per_seed', 'settings', 'fisher', 'data',
-    'timing', 'cache'}``; matrices are nested lists (NaN where not computed).
+    'timing', 'cache'}``; matrices are nested lists (None where not computed).  ``std`` is the
+    sample std over seeds (``ddof=1``), 0.0 with one seed (:func:`~tanas_jax.distance.stats.seed_mean_std`).
     """
-    from tqdm.auto import tqdm
+    from tanas_jax.distance.prepare import check_sigma2
 
-    from tanas_jax.distance.prepare import HEAD_MODES, NORMALIZATIONS, REDUCTIONS, check_sigma2
-
-    ds = distance_settings(cfg)
-    for name, val, valid in (("metric", ds["metric"], ("logdet", "frechet")), ("spectrum", ds["spectrum"], ("diag", "full")),
-                             ("normalization", ds["normalization"], NORMALIZATIONS),
-                             ("reduction", ds["reduction"], REDUCTIONS), ("head", ds["head"], HEAD_MODES)):
-        if val not in valid:
-            raise UserError(f"unknown {name} '{val}': valid: {', '.join(valid)}")
-    check_sigma2(ds["sigma2"])
+    dc = section(cfg, "distance")
+    if dc.metric not in FISHER_METRICS:
+        raise UserError(f"unknown metric '{dc.metric}': valid: {', '.join(FISHER_METRICS)}")
+    check_sigma2(dc.sigma2)
     tasks = list(tasks)
     targets = list(tasks if targets is None else targets)
     if not tasks:
         raise UserError("no tasks given; pass --tasks SET or --bases SET")
     store = FisherStore(bank, cfg, progress=progress, log=log, recompute=recompute)
+    t0 = time.perf_counter()
+    per_seed = _per_seed_distances(store, tasks, targets, [int(s) for s in seeds], dc, progress)
+    return _table_result(store, tasks, targets, seeds, per_seed, dc, time.perf_counter() - t0)
+
+
+def _per_seed_distances(store: FisherStore, tasks: list, targets: list, seeds: list, dc, progress: bool):
+    """``(S, K, K)`` array of d[b, t] per seed (NaN outside the ``targets`` columns)."""
+    from tqdm.auto import tqdm
+
     k = len(tasks)
     per_seed = np.full((len(seeds), k, k), np.nan)
-    t0 = time.perf_counter()
-    pairs = [(s, b, t) for s in range(len(seeds)) for t in targets for b in tasks]
     # train / load every network first (training logs would break the bar)
     for s in seeds:
         for t in sorted(set(tasks) | set(targets)):
-            store.network(t, int(s))
-    bar = tqdm(pairs, desc=f"{ds['metric']} {ds['spectrum']} distances", disable=not progress, unit="pair")
+            store.network(t, s)
+    pairs = [(si, b, t) for si in range(len(seeds)) for t in targets for b in tasks]
+    bar = tqdm(pairs, desc=f"{dc.metric} {dc.spectrum} distances", disable=not progress, unit="pair")
     for si, b, t in bar:
-        per_seed[si, tasks.index(b), tasks.index(t)] = pair_distance(store, b, t, int(seeds[si]), ds)
-    wall = time.perf_counter() - t0
-    mean = per_seed.mean(0)
-    std = per_seed.std(0) if len(seeds) > 1 else np.zeros_like(mean)
+        per_seed[si, tasks.index(b), tasks.index(t)] = pair_distance(store, b, t, seeds[si], dc)
+    return per_seed
+
+
+def _table_result(store: FisherStore, tasks, targets, seeds, per_seed, dc, wall: float) -> dict:
     from tanas_jax.tasks import get_task
 
+    mean, std = seed_mean_std(per_seed)
     result = {
         "tasks": tasks, "targets": targets, "seeds": [int(s) for s in seeds], "net": store.net,
-        "mean": _lists(mean), "std": _lists(std), "per_seed": [_lists(m) for m in per_seed],
+        "mean": finite_lists(mean), "std": finite_lists(std), "per_seed": [finite_lists(m) for m in per_seed],
         "layout": "d[row=base][column=target]",
-        "settings": ds, "fisher": store.fs,
+        "settings": {k: getattr(dc, k) for k in SETTINGS_FIELDS}, "fisher": store.fisher_record(),
         "datasets": {t: get_task(t).dataset for t in set(tasks) | set(targets)},
-        "data": {t: store._data_record(t) for t in sorted(set(targets))},
+        "data": {t: store.data_record(t) for t in sorted(set(targets))},
         "timing": {"wall_s": wall, "fisher_s": store.stats["fisher_seconds"]},
         "cache": {"computed": store.stats["computed"], "reused": store.stats["cached"]},
     }
@@ -351,10 +344,6 @@ def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progres
     same = [t for t, b in result["closest"].items() if result["datasets"][b] == result["datasets"][t]]
     result["same_dataset_closest"] = {"count": len(same), "of": len(result["closest"]), "targets": same}
     return result
-
-
-def _lists(m):
-    return [[(None if not np.isfinite(v) else float(v)) for v in row] for row in np.asarray(m)]
 
 
 def rank_bases(result: dict, target: str) -> list[tuple[str, float, float]]:
@@ -395,36 +384,35 @@ def plot_heatmap(path: str, result: dict, title: str | None = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tanas_jax.io import atomic_write_bytes
+    from tanas_jax.io import save_figure
 
-    tasks = result["tasks"]
-    k = len(tasks)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * max(4.0, 0.9 * k + 2), max(3.5, 0.7 * k + 1.5)))
+    k = len(result["tasks"])
+    fig, axes = plt.subplots(1, 2, figsize=(2 * max(4.0, 0.9 * k + 2), max(3.5, 0.7 * k + 1.5)), dpi=120)
     for ax, which in zip(axes, ("mean", "std")):
-        m = np.array([[np.nan if v is None else v for v in row] for row in result[which]], float)
-        im = ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(k), tasks, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(k), tasks, fontsize=7)
-        ax.set_xlabel("target task")
-        ax.set_ylabel("base task")
-        ax.set_title(which)
-        fin = m[np.isfinite(m)]
-        thr = (fin.max() + fin.min()) / 2 if fin.size else 0
-        for i in range(k):
-            for j in range(k):
-                if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
-                            color="black" if m[i, j] > thr else "white")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        _heatmap_panel(fig, ax, result, which)
     s = result.get("settings", {})
     fig.suptitle(title or f"{s.get('metric')} ({s.get('spectrum')}) distance, {result.get('net')}, "
                  f"{len(result.get('seeds', []))} seeds")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
+
+
+def _heatmap_panel(fig, ax, result: dict, which: str) -> None:
+    """One annotated matrix (``result[which]``, None shown blank) with its colour bar."""
+    tasks = result["tasks"]
+    k = len(tasks)
+    m = np.array([[np.nan if v is None else v for v in row] for row in result[which]], float)
+    im = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(k), tasks, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), tasks, fontsize=7)
+    ax.set_xlabel("target task")
+    ax.set_ylabel("base task")
+    ax.set_title(which)
+    fin = m[np.isfinite(m)]
+    thr = (fin.max() + fin.min()) / 2 if fin.size else 0
+    for i, j in zip(*np.nonzero(np.isfinite(m))):
+        ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
+                color="black" if m[i, j] > thr else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
 
 def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
@@ -435,32 +423,13 @@ def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
             "heatmap": plot_heatmap(os.path.join(out_dir, f"{stem}_heatmap.png"), result)}
 
 
-def _transform_column(bank, bases, target, cfg, seeds, progress, log) -> dict:
-    """Transform distances d(b -> target) for every base, as a table over ``bases + [target]``.
-
-    ``transform_distance_table`` computes whole K x K tables; when it accepts
-    ``targets=`` only the target column is computed, otherwise one 2 x 2
-    table per base (the target's own pair is cached in the bank after the
-    first), which is ~3 pairs per base instead of K + 1.
-    """
-    import inspect
-
+def _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute) -> dict:
+    """Transform distances d(b -> target) for every base: the target column of the table over
+    ``bases + [target]`` (the other entries None)."""
     from tanas_jax.distance.transform import transform_distance_table
 
-    tasks = list(bases) + [target]
-    if "targets" in inspect.signature(transform_distance_table).parameters:
-        return transform_distance_table(bank, tasks, cfg, seeds=seeds, targets=[target], progress=progress,
-                                        log=log)
-    k = len(tasks)
-    mean, std = np.full((k, k), np.nan), np.full((k, k), np.nan)
-    per_seed = np.full((len(seeds), k, k), np.nan)
-    for i, b in enumerate(bases):
-        r = transform_distance_table(bank, [b, target], cfg, seeds=seeds, progress=progress, log=log)
-        mean[i, k - 1], std[i, k - 1] = r["mean"][0][1], r["std"][0][1]
-        per_seed[:, i, k - 1] = np.asarray(r["per_seed"])[:, 0, 1]
-    mean[k - 1, k - 1] = std[k - 1, k - 1] = 0.0
-    return {"tasks": tasks, "targets": [target], "seeds": [int(s) for s in seeds], "mean": _lists(mean),
-            "std": _lists(std), "per_seed": [_lists(m) for m in per_seed], "settings": {"metric": "transform"}}
+    return transform_distance_table(bank, list(bases) + [target], cfg, seeds=seeds, targets=[target],
+                                    progress=progress, log=log, recompute=recompute)
 
 
 def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None, seeds=None,
@@ -468,25 +437,24 @@ def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None
     """``(ranked, table)``: bases sorted by distance to ``target`` (closest first) and the table used.
 
     ``ranked`` is a list of ``(base, mean, std)`` over ``seeds``; see :func:`closest_bases`.
+    ``cfg`` is never changed (a different ``metric`` is applied to a copy).
     """
     from tanas_jax.tasks import canonical, resolve_tasks
 
     target = canonical(target)
-    bases = [b for b in resolve_tasks(cfg.tanas.bases if bases is None else bases) if b != target]
+    bases = [b for b in resolve_tasks(section(cfg, "tanas").bases if bases is None else bases) if b != target]
     if not bases:
         raise UserError(f"no base tasks left after removing the target {target}; give other bases")
-    metric = metric or str(_get(_section(cfg, "distance"), "metric", "logdet"))
-    if seeds is None:
-        seeds = [int(s) for s in cfg.bank.seeds]
-    seeds = [int(s) for s in seeds]
+    configured = section(cfg, "distance").metric
+    metric = metric or configured
+    seeds = [int(s) for s in (section(cfg, "bank").seeds if seeds is None else seeds)]
     if not seeds:
         raise UserError("no seeds given; pass at least one network seed")
     if metric == "transform":
-        table = _transform_column(bank, bases, target, cfg, seeds, progress, log)
-    elif metric in ("logdet", "frechet"):
-        if str(_get(_section(cfg, "distance"), "metric", "logdet")) != metric:
-            cfg = cfg.copy_and_resolve_references()
-            cfg.distance.metric = metric
+        table = _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute)
+    elif metric in FISHER_METRICS:
+        if configured != metric:
+            cfg = updated(cfg, {"distance.metric": metric})
         table = fisher_distance_table(bank, bases + [target], cfg, seeds, targets=[target], progress=progress,
                                       log=log, recompute=recompute)
     else:

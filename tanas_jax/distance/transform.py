@@ -44,129 +44,41 @@ misses the bar, the distance is 1.0 and ``reached_quality`` is False.
 Everything is a pure function of the inputs and ``seed`` (init, shuffling,
 train/check split, tie-breaking in the magnitude sort is stable), so the same
 seed gives the same pruning schedule on the same machine.
+
+This module owns the distance (:func:`transform_distance`) and its table over
+banked networks (:func:`transform_distance_table`, pairs cached in the bank).
+The settings and their validation are :class:`tanas_jax.config.TransformConfig`
+(config section ``transform``).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tanas_jax.config import (  # noqa: F401 - the valid values, re-exported
+    ACTIVATIONS, CRITERIA, REFERENCES, SCOPES, TransformConfig, from_section, section, to_dict, updated,
+)
+from tanas_jax.bank import inputs_digest
+from tanas_jax.distance.stats import finite_lists, seed_mean_std
 from tanas_jax.errors import UserError
 
 ARTIFACT_KIND = "transform_distance"
-CRITERIA = ("accuracy", "mse")
-SCOPES = ("layer", "global")
-ACTIVATIONS = ("relu", "linear")
-REFERENCES = ("own", "unpruned")
 
 
 # --------------------------------------------------------------------------
-# configuration
+# configuration (the dataclass and its validation live in tanas_jax.config)
 # --------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class TransformConfig:
-    """Settings of the transform distance (the ``transform`` config section)."""
-
-    hidden_scale: tuple = (2.0, 0.5)   # hidden widths as multiples of the target feature width
-    hidden: tuple = ()                 # explicit hidden widths (override hidden_scale when set)
-    output_activation: str = "relu"    # target features are post-ReLU
-    learning_rate: float = 1e-3
-    batch_size: int = 128
-    train_epochs: int = 20             # before pruning
-    finetune_epochs: int = 2           # after each pruning step
-    prune_rate: float = 0.2            # fraction of the remaining weights removed per step
-    scope: str = "layer"
-    refine: int = 2                    # halve the rate after a failed step, this many times
-    min_fraction: float = 1e-3
-    max_steps: int = 60
-    criterion: str = "accuracy"
-    tolerance: float = 0.02            # accuracy drop allowed vs the reference accuracy
-    reference: str = "own"             # 'own': B's head on B's own features (issue 6);
-                                       # 'unpruned': the trained, unpruned transform (paper §4 text)
-    mse_factor: float = 2.0
-    val_fraction: float = 0.2          # held-out share when no separate check set is given
-    max_train: int | None = None       # cap on examples used to fit the transform
-    max_val: int | None = None         # cap on examples used for the quality check
-    adapter: bool = False              # allow source/target feature widths to differ
-    net: str | None = None             # table only: banked net whose features are used
-                                       # (None: the train section's net)
-    feature_batch: int = 500           # table only: batch size of feature extraction
-
-    @classmethod
-    def from_any(cls, cfg) -> "TransformConfig":
-        """Accept None, a mapping, an ``ml_collections.ConfigDict`` (the
-        ``transform`` section or a full config holding one) or an instance."""
-        if cfg is None:
-            return cls().validated()
-        if isinstance(cfg, cls):
-            return cfg.validated()
-        if hasattr(cfg, "to_dict"):
-            cfg = cfg.to_dict()
-        cfg = dict(cfg)
-        if "transform" in cfg and isinstance(cfg["transform"], Mapping):
-            cfg = dict(cfg["transform"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise UserError(f"unknown transform setting(s) {', '.join(unknown)}; "
-                            f"valid: {', '.join(sorted(names))}")
-        for key in ("hidden_scale", "hidden"):
-            if key in cfg and cfg[key] is not None:
-                cfg[key] = tuple(cfg[key])
-        return cls(**cfg).validated()
-
-    def validated(self) -> "TransformConfig":
-        def bad(msg):
-            raise UserError(f"transform config: {msg}")
-
-        if not 0.0 <= float(self.tolerance) < 1.0:
-            bad(f"tolerance={self.tolerance} is out of range; use an accuracy drop in [0, 1), "
-                "e.g. transform.tolerance=0.02")
-        if not float(self.mse_factor) >= 1.0:
-            bad(f"mse_factor={self.mse_factor} must be >= 1 (allowed MSE growth over the unpruned transform)")
-        if self.criterion not in CRITERIA:
-            bad(f"criterion='{self.criterion}'; valid: {', '.join(CRITERIA)}")
-        if self.reference not in REFERENCES:
-            bad(f"reference='{self.reference}'; valid: {', '.join(REFERENCES)}")
-        if self.scope not in SCOPES:
-            bad(f"scope='{self.scope}'; valid: {', '.join(SCOPES)}")
-        if self.output_activation not in ACTIVATIONS:
-            bad(f"output_activation='{self.output_activation}'; valid: {', '.join(ACTIVATIONS)}")
-        if not 0.0 < float(self.prune_rate) < 1.0:
-            bad(f"prune_rate={self.prune_rate} must be in (0, 1)")
-        if not 0.0 <= float(self.min_fraction) < 1.0:
-            bad(f"min_fraction={self.min_fraction} must be in [0, 1)")
-        if not 0.0 < float(self.val_fraction) < 1.0:
-            bad(f"val_fraction={self.val_fraction} must be in (0, 1)")
-        if int(self.batch_size) < 1 or int(self.train_epochs) < 0 or int(self.finetune_epochs) < 0:
-            bad("batch_size must be >= 1 and epochs >= 0")
-        if int(self.refine) < 0 or int(self.max_steps) < 0:
-            bad("refine and max_steps must be >= 0")
-        if any(float(s) <= 0 for s in self.hidden_scale) or any(int(h) < 1 for h in self.hidden):
-            bad("hidden widths and hidden_scale entries must be positive")
-        return self
-
-    def widths(self, in_dim: int, out_dim: int) -> tuple[int, ...]:
-        """Layer widths ``(in, h_1, ..., out)``; hidden scale with the output width."""
-        hidden = tuple(int(h) for h in self.hidden) or tuple(
-            max(1, int(round(s * out_dim))) for s in self.hidden_scale)
-        return (int(in_dim),) + hidden + (int(out_dim),)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def digest(self) -> str:
-        """Short hash of the settings (part of the bank cache key)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+def settings_digest(tc: TransformConfig) -> str:
+    """Short hash (12 hex digits) of every transform setting (a bank cache-key component)."""
+    return inputs_digest(to_dict(tc), 12)
 
 
 def default_config() -> TransformConfig:
@@ -328,16 +240,118 @@ def _check_inputs(src, tgt, head, labels, cfg: TransformConfig, what: str = "fea
                         f"features have width {tgt.shape[1]}")
 
 
+def _fit_and_check_sets(src_features, tgt_features, labels, head, cfg: TransformConfig, key: jax.Array,
+                        val_data):
+    """``(fit, check)``: each a tuple ``(source features, target features, labels)`` as float32 / int32
+    numpy, capped at ``max_train`` / ``max_val``.  Without ``val_data`` a ``val_fraction`` share of
+    the examples (split under ``key``) is the check set."""
+    src = np.asarray(src_features, np.float32)
+    tgt = np.asarray(tgt_features, np.float32)
+    labels = np.asarray(labels).astype(np.int32).reshape(-1)
+    _check_inputs(src, tgt, head, labels, cfg)
+    if val_data is None:
+        tr, va = _split(src.shape[0], cfg, key)
+        fit, check = (src[tr], tgt[tr], labels[tr]), (src[va], tgt[va], labels[va])
+    else:
+        src_val, tgt_val, lab_val = (np.asarray(a) for a in val_data)
+        check = (src_val.astype(np.float32), tgt_val.astype(np.float32), lab_val.astype(np.int32).reshape(-1))
+        _check_inputs(check[0], check[1], head, check[2], cfg, what="check features")
+        fit = (src, tgt, labels)
+    if cfg.max_train:
+        fit = tuple(a[: cfg.max_train] for a in fit)
+    if cfg.max_val:
+        check = tuple(a[: cfg.max_val] for a in check)
+    if fit[0].shape[0] < 2 or check[0].shape[0] < 1:
+        raise UserError(f"transform distance needs at least 2 fit and 1 check examples; got "
+                        f"{fit[0].shape[0]} and {check[0].shape[0]}")
+    return fit, check
+
+
+class _Trainer:
+    """Fits the masked transform on the fit set and measures it on the check set.
+
+    Epochs are numbered across every ``fit`` call of one distance (the shuffle of epoch ``e`` uses
+    ``fold_in(key, e)``), so the whole schedule is a function of the seed.
+    """
+
+    def __init__(self, cfg: TransformConfig, fit, check, head, key: jax.Array):
+        self.opt, self._train_epoch, self._evaluate, self._head_accuracy = _make_fns(cfg)
+        self.x, self.y = jnp.asarray(fit[0]), jnp.asarray(fit[1])
+        self.xv, self.yv, self.lv = (jnp.asarray(a) for a in check)
+        self.head, self.key, self.epoch = head, key, 0
+
+    def fit(self, params, mask, epochs: int):
+        """``(params, last epoch's mean loss)`` after ``epochs`` epochs from a fresh Adam state."""
+        opt_state = self.opt.init(params)      # fresh Adam state after every pruning step
+        loss = jnp.nan
+        for _ in range(int(epochs)):
+            params, opt_state, loss = self._train_epoch(params, opt_state, mask, self.x, self.y,
+                                                        jax.random.fold_in(self.key, self.epoch))
+            self.epoch += 1
+        return params, float(loss)
+
+    def quality(self, params, mask) -> tuple[float, float]:
+        """(accuracy of B's head on the transformed check features, MSE to B's features)."""
+        acc, mse = self._evaluate(params, mask, self.head, self.xv, self.yv, self.lv)
+        return float(acc), float(mse)
+
+    def own_accuracy(self) -> float:
+        """Accuracy of B's head on B's own check features (the ``reference='own'`` bar)."""
+        return float(self._head_accuracy(self.head, self.yv, self.lv))
+
+
+def _quality_bar(cfg: TransformConfig, acc_own: float, acc0: float, mse0: float):
+    """``(threshold, ok)``: the bar of ``cfg.criterion`` and the test ``ok(accuracy, mse)``."""
+    if cfg.criterion == "accuracy":
+        threshold = (acc_own if cfg.reference == "own" else acc0) - cfg.tolerance
+        return threshold, lambda acc, mse: acc >= threshold - 1e-7
+    threshold = cfg.mse_factor * mse0
+    return threshold, lambda acc, mse: mse <= threshold * (1 + 1e-6)
+
+
+def _prune(trainer: _Trainer, params, mask, ok, cfg: TransformConfig, progress, history: list):
+    """Iterative magnitude pruning of the trained transform (see the module docstring).
+
+    Appends one record per attempt to ``history``; returns ``(params, mask, accuracy, mse,
+    fraction, steps)`` of the last accepted (quality-keeping) transform.
+    """
+    good = (params, mask, history[0]["accuracy"], history[0]["mse"])
+    fraction, rate, refines_left, step = 1.0, float(cfg.prune_rate), int(cfg.refine), 0
+    while step < cfg.max_steps and fraction > cfg.min_fraction:
+        step += 1
+        new_mask = magnitude_prune(good[0], good[1], rate, cfg.scope)
+        new_fraction = mask_fraction(new_mask)
+        if new_fraction >= fraction:          # nothing left to remove at this rate
+            break
+        # pruned weights exactly zero from here on
+        params, loss = trainer.fit(apply_mask(good[0], new_mask), new_mask, cfg.finetune_epochs)
+        acc, mse = trainer.quality(params, new_mask)
+        accepted = ok(acc, mse)
+        history.append({"step": step, "rate": rate, "fraction": new_fraction, "accuracy": acc,
+                        "mse": mse, "train_loss": loss, "accepted": bool(accepted)})
+        if progress is not None:
+            progress(history[-1])
+        if accepted:
+            good, fraction = (params, new_mask, acc, mse), new_fraction
+        elif refines_left > 0:
+            refines_left, rate = refines_left - 1, rate / 2.0
+        else:
+            break
+    return (*good, fraction, step)
+
+
 def transform_distance(src_features, tgt_features, tgt_head_params, labels, cfg=None, seed: int = 0,
                        val_data=None, progress=None) -> dict:
     """TA-NAS distance d(A, B) from features ``N_A(X_B)`` (``src_features``,
     (n, F_A)) and ``N_B(X_B)`` (``tgt_features``, (n, F_B)), B's head params
     (``{'kernel': (F_B, C), 'bias': (C,)}``) and B's labels (n,).
 
-    ``val_data=(src_val, tgt_val, labels_val)`` gives the quality-check set;
-    without it a ``cfg.val_fraction`` share of the examples is held out
-    (split under ``seed``).  ``progress`` is an optional callable
-    ``progress(dict)`` called after every pruning step.
+    ``cfg``: a :class:`~tanas_jax.config.TransformConfig`, a mapping of its
+    fields or None (the defaults).  ``val_data=(src_val, tgt_val,
+    labels_val)`` gives the quality-check set; without it a
+    ``cfg.val_fraction`` share of the examples is held out (split under
+    ``seed``).  ``progress`` is an optional callable ``progress(dict)``
+    called after every pruning step.
 
     Returns a dict: ``distance`` (= ``remaining_fraction``, the kept share of
     kernel entries, in [0, 1]), ``reached_quality`` (the unpruned transform
@@ -347,134 +361,61 @@ def transform_distance(src_features, tgt_features, tgt_head_params, labels, cfg=
     ``history`` (one entry per pruning attempt), ``widths``, ``n_params``,
     ``n_train``, ``n_val``, ``seed``, ``config``, ``timing``.
     """
-    cfg = TransformConfig.from_any(cfg)
+    cfg = from_section(TransformConfig, cfg)
     t0 = time.perf_counter()
-    src = np.asarray(src_features, np.float32)
-    tgt = np.asarray(tgt_features, np.float32)
-    labels = np.asarray(labels).astype(np.int32).reshape(-1)
     head = {"kernel": jnp.asarray(tgt_head_params["kernel"], jnp.float32),
             "bias": jnp.asarray(tgt_head_params["bias"], jnp.float32)}
-    _check_inputs(src, tgt, head, labels, cfg)
+    k_split, k_init, k_train = jax.random.split(jax.random.PRNGKey(int(seed)), 3)
+    fit, check = _fit_and_check_sets(src_features, tgt_features, labels, head, cfg, k_split, val_data)
+    widths = cfg.widths(fit[0].shape[1], fit[1].shape[1])
+    out = _fit_and_prune(_Trainer(cfg, fit, check, head, k_train), init_transform(k_init, widths), cfg, progress)
+    out.update(widths=list(widths), n_params=int(sum(a * b for a, b in zip(widths[:-1], widths[1:]))),
+               n_train=int(fit[0].shape[0]), n_val=int(check[0].shape[0]), seed=int(seed), config=to_dict(cfg))
+    out["timing"]["total_s"] = time.perf_counter() - t0
+    return out
 
-    key = jax.random.PRNGKey(int(seed))
-    k_split, k_init, k_train = jax.random.split(key, 3)
-    if val_data is None:
-        tr, va = _split(src.shape[0], cfg, k_split)
-        src_val, tgt_val, lab_val = src[va], tgt[va], labels[va]
-        src, tgt, labels = src[tr], tgt[tr], labels[tr]
-    else:
-        src_val, tgt_val, lab_val = (np.asarray(a) for a in val_data)
-        src_val = src_val.astype(np.float32)
-        tgt_val = tgt_val.astype(np.float32)
-        lab_val = lab_val.astype(np.int32).reshape(-1)
-        _check_inputs(src_val, tgt_val, head, lab_val, cfg, what="check features")
-    if cfg.max_train:
-        src, tgt, labels = src[: cfg.max_train], tgt[: cfg.max_train], labels[: cfg.max_train]
-    if cfg.max_val:
-        src_val, tgt_val, lab_val = src_val[: cfg.max_val], tgt_val[: cfg.max_val], lab_val[: cfg.max_val]
-    if src.shape[0] < 2 or src_val.shape[0] < 1:
-        raise UserError(f"transform distance needs at least 2 fit and 1 check examples; got "
-                        f"{src.shape[0]} and {src_val.shape[0]}")
 
-    widths = cfg.widths(src.shape[1], tgt.shape[1])
-    opt, train_epoch, evaluate, head_accuracy = _make_fns(cfg)
-    x, y = jnp.asarray(src), jnp.asarray(tgt)
-    xv, yv, lv = jnp.asarray(src_val), jnp.asarray(tgt_val), jnp.asarray(lab_val)
-
-    params = init_transform(k_init, widths)
+def _fit_and_prune(trainer: _Trainer, params, cfg: TransformConfig, progress) -> dict:
+    """Train the unpruned transform, check the bar, prune while it holds: the distance's outcome."""
     mask = full_mask(params)
-    epoch = 0
-
-    def fit(params, mask, epochs):
-        nonlocal epoch
-        opt_state = opt.init(params)      # fresh Adam state after every pruning step
-        loss = jnp.nan
-        for _ in range(int(epochs)):
-            params, opt_state, loss = train_epoch(params, opt_state, mask, x, y,
-                                                  jax.random.fold_in(k_train, epoch))
-            epoch += 1
-        return params, float(loss)
-
-    def quality(params, mask):
-        acc, mse = evaluate(params, mask, head, xv, yv, lv)
-        return float(acc), float(mse)
-
-    acc_own = float(head_accuracy(head, yv, lv))
+    acc_own = trainer.own_accuracy()
     t_fit = time.perf_counter()
-    params, train_loss = fit(params, mask, cfg.train_epochs)
-    acc0, mse0 = quality(params, mask)
+    params, train_loss = trainer.fit(params, mask, cfg.train_epochs)
+    acc0, mse0 = trainer.quality(params, mask)
     t_fit = time.perf_counter() - t_fit
-
-    if cfg.criterion == "accuracy":
-        threshold = (acc_own if cfg.reference == "own" else acc0) - cfg.tolerance
-        ok = lambda acc, mse: acc >= threshold - 1e-7          # noqa: E731
-    else:
-        threshold = cfg.mse_factor * mse0
-        ok = lambda acc, mse: mse <= threshold * (1 + 1e-6)    # noqa: E731
-
+    threshold, ok = _quality_bar(cfg, acc_own, acc0, mse0)
     reached = ok(acc0, mse0)
     history = [{"step": 0, "rate": 0.0, "fraction": 1.0, "accuracy": acc0, "mse": mse0,
                 "train_loss": train_loss, "accepted": bool(reached)}]
-    good_params, good_mask, good_acc, good_mse = params, mask, acc0, mse0
-    fraction = 1.0
-    rate, refines_left = float(cfg.prune_rate), int(cfg.refine)
     t_prune = time.perf_counter()
-    step = 0
-    while reached and step < cfg.max_steps and fraction > cfg.min_fraction:
-        step += 1
-        new_mask = magnitude_prune(good_params, good_mask, rate, cfg.scope)
-        new_fraction = mask_fraction(new_mask)
-        if new_fraction >= fraction:          # nothing left to remove at this rate
-            break
-        params = apply_mask(good_params, new_mask)   # pruned weights exactly zero from here on
-        params, loss = fit(params, new_mask, cfg.finetune_epochs)
-        acc, mse = quality(params, new_mask)
-        accepted = ok(acc, mse)
-        history.append({"step": step, "rate": rate, "fraction": new_fraction, "accuracy": acc,
-                        "mse": mse, "train_loss": loss, "accepted": bool(accepted)})
-        if progress is not None:
-            progress(history[-1])
-        if accepted:
-            good_params, good_mask, good_acc, good_mse = params, new_mask, acc, mse
-            fraction = new_fraction
-        elif refines_left > 0:
-            refines_left -= 1
-            rate /= 2.0
-        else:
-            break
-    t_prune = time.perf_counter() - t_prune
-
-    distance = fraction if reached else 1.0
+    if reached:
+        params, mask, acc, mse, fraction, steps = _prune(trainer, params, mask, ok, cfg, progress, history)
+    else:
+        acc, mse, fraction, steps = acc0, mse0, 1.0, 0
     return {
-        "distance": float(distance),
+        "distance": float(fraction if reached else 1.0),
         "remaining_fraction": float(fraction),
-        "nonzero_fraction": float(nonzero_fraction(good_params)),
+        "nonzero_fraction": float(nonzero_fraction(params)),
         "reached_quality": bool(reached),
         "criterion": cfg.criterion,
         "threshold": float(threshold),
         "accuracy_own": acc_own,
         "accuracy_before": acc0,
-        "accuracy_after": float(good_acc),
+        "accuracy_after": float(acc),
         "mse_before": mse0,
-        "mse_after": float(good_mse),
+        "mse_after": float(mse),
         "history": history,
-        "steps": step,
-        "widths": list(widths),
-        "n_params": int(sum(a * b for a, b in zip(widths[:-1], widths[1:]))),
-        "n_train": int(src.shape[0]),
-        "n_val": int(src_val.shape[0]),
-        "seed": int(seed),
-        "config": cfg.to_dict(),
-        "timing": {"fit_s": t_fit, "prune_s": t_prune, "total_s": time.perf_counter() - t0},
-        "params": good_params,
-        "mask": good_mask,
+        "steps": steps,
+        "timing": {"fit_s": t_fit, "prune_s": time.perf_counter() - t_prune},
+        "params": params,
+        "mask": mask,
     }
 
 
 def reachable_fractions(cfg=None) -> list[float]:
     """Fractions the schedule visits without refinement: ``(1-rate)^k`` down
     to ``min_fraction`` (approximately: counts are floored per layer)."""
-    cfg = TransformConfig.from_any(cfg)
+    cfg = from_section(TransformConfig, cfg)
     out, f = [1.0], 1.0
     for _ in range(cfg.max_steps):
         if f <= cfg.min_fraction:
@@ -505,14 +446,6 @@ def _features_fn(net: str, num_classes: int, batch: int):
     return run
 
 
-def _cfg_section(cfg, name):
-    if cfg is None:
-        return None
-    if isinstance(cfg, Mapping):
-        return cfg.get(name)
-    return getattr(cfg, name, None) if hasattr(cfg, name) else None
-
-
 def _network_checksum(bank, task: str, net: str, seed: int, meta: dict) -> str | None:
     """sha256 of a banked network's tensors, from its committed metadata file."""
     if meta.get("sha256"):
@@ -530,131 +463,209 @@ def _strip(result: dict) -> dict:
 
 
 def transform_distance_table(bank, tasks, cfg, seeds=(0,), progress: bool = True, source=None,
-                             log=print, recompute: bool = False) -> dict:
+                             log=print, recompute: bool = False, *, targets=None) -> dict:
     """TA-NAS distance matrix over banked networks (paper Fig. 2).
 
     ``mean[i][j]`` = d(tasks[i] -> tasks[j]): the transform maps the
     penultimate features of task i's net onto those of task j's net, both
     evaluated on task j's data (fit on j's train split, quality bar on j's
     validation split).  ``cfg`` is the whole config (``data``, ``train``,
-    ``transform`` sections); networks missing from the bank are trained and
-    banked (``ensure_network``).  Each (i, j, seed) result is cached in the
-    bank as artifact ``transform_distance`` of task j, keyed by the source
-    task, seed and a digest of the settings and of both networks' checksums,
-    so a changed setting or a retrained network is recomputed, never reused.
+    ``transform`` sections; never changed); networks missing from the bank are
+    trained and banked (``ensure_network``).  Each (i, j, seed) result is cached
+    in the bank (:meth:`~tanas_jax.bank.Bank.cached`) as artifact
+    ``transform_distance`` of task j, keyed by the source task, seed and a
+    digest of the settings and of both networks' checksums, so a changed
+    setting or a retrained network is recomputed, never reused.
 
-    Returns ``{'tasks', 'seeds', 'mean', 'std', 'per_seed', 'pairs', 'net',
-    'config', 'data', 'networks', 'timing'}`` (matrices as nested lists, rows =
-    source task, columns = target task).
+    ``targets``: only these columns are computed (default: every task); the
+    other entries are None.
+
+    Returns ``{'tasks', 'targets', 'seeds', 'mean', 'std', 'per_seed', 'pairs',
+    'net', 'config', 'data', 'networks', 'timing'}`` (matrices as nested lists,
+    rows = source task, columns = target task).  ``std`` is the sample std over
+    seeds (``ddof=1``), 0.0 with one seed (:func:`~tanas_jax.distance.stats.seed_mean_std`).
     """
     from tqdm.auto import tqdm
 
-    from tanas_jax import models
-    from tanas_jax.tasks import canonical, load_task_data
+    t_start = time.perf_counter()
+    run, tasks, seeds = _start_table(bank, tasks, cfg, seeds, source, progress, log, recompute)
+    targets = _check_targets(tasks, targets)
+    t_nets = time.perf_counter() - t_start
+    n = len(tasks)
+    per_seed = np.full((len(seeds), n, n), np.nan)
+    pairs = []
+    bar = tqdm(total=len(seeds) * n * len(targets), desc="transform distance", unit="pair",
+               disable=not progress, dynamic_ncols=True)
+    for j, b in enumerate(tasks):
+        if b not in targets:
+            continue
+        target = _TargetData(run, b)
+        for si, s in enumerate(seeds):
+            for i, a in enumerate(tasks):
+                result, hit = _pair_result(run, target, a, s)
+                per_seed[si, i, j] = result["distance"]
+                pairs.append(_pair_row(a, b, s, result, hit))
+                bar.update(1)
+                bar.set_postfix(last=f"{a}->{b}", d=f"{result['distance']:.4f}")
+    bar.close()
+    return _table_result(run, tasks, targets, seeds, per_seed, pairs, t_nets, t_start)
+
+
+def _check_targets(tasks: list, targets) -> list:
+    """The target columns (canonical names, each one of ``tasks``); every task when None."""
+    from tanas_jax.tasks import canonical
+
+    if targets is None:
+        return list(tasks)
+    targets = [canonical(t) for t in targets]
+    missing = [t for t in targets if t not in tasks]
+    if missing:
+        raise UserError(f"target {', '.join(missing)} is not in the table's tasks: {', '.join(tasks)}")
+    return targets
+
+
+@dataclasses.dataclass
+class _TableRun:
+    """What every pair of one transform table shares: settings, networks, checksums, extractors."""
+
+    bank: Any
+    tcfg: TransformConfig
+    net: str
+    data_cfg: Any                  # tanas_jax.config.DataConfig
+    source: str
+    nets: dict                     # (task, seed) -> (variables, meta)
+    checksums: dict                # (task, seed) -> sha256 of the network's tensors
+    progress: bool
+    recompute: bool
+    feature_fns: dict = dataclasses.field(default_factory=dict)
+
+    def features(self, num_classes: int):
+        """The (compiled once) penultimate-feature extractor of ``net`` with ``num_classes`` outputs."""
+        if num_classes not in self.feature_fns:
+            self.feature_fns[num_classes] = _features_fn(self.net, num_classes, int(self.tcfg.feature_batch))
+        return self.feature_fns[num_classes]
+
+
+def _start_table(bank, tasks, cfg, seeds, source, progress, log, recompute):
+    """``(run, tasks, seeds)``: settings resolved, every network trained or loaded."""
+    from tanas_jax.tasks import canonical
     from tanas_jax.train import ensure_network
 
-    tcfg = TransformConfig.from_any(_cfg_section(cfg, "transform"))
+    tcfg = section(cfg, "transform")
     tasks = [canonical(t) for t in tasks]
     if len(set(tasks)) != len(tasks):
         raise UserError(f"task list has duplicates: {', '.join(tasks)}")
     seeds = [int(s) for s in seeds]
-    train_cfg = cfg.train
-    net = tcfg.net or train_cfg.net
-    if net != train_cfg.net:        # bank/train the transform's net, not the Fisher metrics' net
-        cfg = cfg.copy_and_resolve_references() if hasattr(cfg, "copy_and_resolve_references") else cfg
-        cfg.train.net = net
-    spec = models.get_net(net)
-    dcfg = cfg.data
-    source = source or dcfg.source
-    t_start = time.perf_counter()
-
-    # 1. networks (trained and banked when missing)
-    nets: dict[tuple[str, int], tuple[Any, dict]] = {}
-    for s in seeds:
-        for t in tasks:
-            nets[t, s] = ensure_network(bank, t, s, cfg, progress=progress, log=log)
-    t_nets = time.perf_counter() - t_start
+    net = tcfg.net or section(cfg, "train").net
+    if net != section(cfg, "train").net:     # bank/train the transform's net, not the Fisher metrics' net
+        cfg = updated(cfg, {"train.net": net})
+    data_cfg = section(cfg, "data")
+    nets = {(t, s): ensure_network(bank, t, s, cfg, progress=progress, log=log) for s in seeds for t in tasks}
     checksums = {k: _network_checksum(bank, k[0], net, k[1], m) for k, (_, m) in nets.items()}
+    run = _TableRun(bank=bank, tcfg=tcfg, net=net, data_cfg=data_cfg, source=source or data_cfg.source,
+                    nets=nets, checksums=checksums, progress=progress, recompute=recompute)
+    return run, tasks, seeds
 
-    n = len(tasks)
-    per_seed = np.full((len(seeds), n, n), np.nan)
-    pairs = []
-    n_cached = 0
-    bar = tqdm(total=len(seeds) * n * n, desc="transform distance", unit="pair", disable=not progress,
-               dynamic_ncols=True)
-    feature_fns: dict[int, Any] = {}
-    for j, b in enumerate(tasks):
-        data = None
-        for si, s in enumerate(seeds):
-            var_b, meta_b = nets[b, s]
-            feats_b = None
-            for i, a in enumerate(tasks):
-                var_a, meta_a = nets[a, s]
-                digest = hashlib.sha256(json.dumps({
-                    "transform": tcfg.to_dict(), "net": net, "source": source,
-                    "data": {k: dcfg.get(k) for k in ("split_seed", "val_fraction", "max_train",
-                                                      "max_eval", "normalization")},
-                    "net_a": checksums[a, s], "net_b": checksums[b, s],
-                }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-                key = f"from={a}+net={net}+seed={s}+{digest}"
-                cached = None if recompute else bank.load_artifact(b, ARTIFACT_KIND, key)
-                if cached is not None:
-                    result = cached[1]["result"]
-                    n_cached += 1
-                else:
-                    if data is None:
-                        data = load_task_data(b, spec.input_shape, source,
-                                              split_seed=dcfg.split_seed, val_fraction=dcfg.val_fraction,
-                                              max_train=dcfg.max_train, max_eval=dcfg.max_eval,
-                                              normalization=dcfg.normalization, data_dir=dcfg.data_dir)
-                        x_fit = data.x_train[: tcfg.max_train] if tcfg.max_train else data.x_train
-                        y_fit = data.y_train[: len(x_fit)]
-                        x_chk = data.x_val[: tcfg.max_val] if tcfg.max_val else data.x_val
-                        y_chk = data.y_val[: len(x_chk)]
-                    nc_a, nc_b = int(meta_a["num_classes"]), int(meta_b["num_classes"])
-                    for nc in (nc_a, nc_b):
-                        if nc not in feature_fns:
-                            feature_fns[nc] = _features_fn(net, nc, int(tcfg.feature_batch))
-                    if feats_b is None:
-                        feats_b = (feature_fns[nc_b](var_b, x_fit), feature_fns[nc_b](var_b, x_chk))
-                    fa_fit, fa_chk = feature_fns[nc_a](var_a, x_fit), feature_fns[nc_a](var_a, x_chk)
-                    inner = tqdm(total=len(reachable_fractions(tcfg)) - 1, desc=f"  {a} -> {b} seed {s}",
-                                 unit="prune", leave=False, disable=not progress, dynamic_ncols=True)
 
-                    def on_step(h, inner=inner):
-                        inner.update(1)
-                        inner.set_postfix(frac=f"{h['fraction']:.4f}", acc=f"{h['accuracy']:.3f}",
-                                          ok=h["accepted"])
+class _TargetData:
+    """Target task B's data and B's own features (per seed), made on the first pair that needs them."""
 
-                    res = transform_distance(fa_fit, feats_b[0], var_b["params"]["head"], y_fit, tcfg,
-                                             seed=s, val_data=(fa_chk, feats_b[1], y_chk), progress=on_step)
-                    inner.close()
-                    result = _strip(res)
-                    result.update(source_task=a, target_task=b, net=net, data=data.record())
-                    tree = {"distance": np.asarray(result["distance"], np.float32),
-                            "fraction": np.asarray([h["fraction"] for h in result["history"]], np.float32),
-                            "accuracy": np.asarray([h["accuracy"] for h in result["history"]], np.float32)}
-                    bank.save_artifact(b, ARTIFACT_KIND, key, tree, {"result": result})
-                per_seed[si, i, j] = result["distance"]
-                pairs.append({"source": a, "target": b, "seed": s, "cached": cached is not None,
-                              **{k: result.get(k) for k in (
-                                  "distance", "reached_quality", "accuracy_own", "accuracy_before",
-                                  "accuracy_after", "threshold", "steps", "n_train", "n_val", "widths")},
-                              "time_s": result["timing"]["total_s"]})
-                bar.update(1)
-                bar.set_postfix(last=f"{a}->{b}", d=f"{result['distance']:.4f}")
-    bar.close()
-    mean = per_seed.mean(0)
-    std = per_seed.std(0, ddof=1) if len(seeds) > 1 else np.zeros_like(mean)
+    def __init__(self, run: _TableRun, task: str):
+        self.run, self.task = run, task
+        self._sets = None
+        self._own = (None, None)
+
+    def sets(self):
+        """``(task_data, x_fit, y_fit, x_check, y_check)``: B's train split to fit, val split to check."""
+        if self._sets is None:
+            from tanas_jax import models
+            from tanas_jax.tasks import load_task_data
+
+            c, tc = self.run.data_cfg, self.run.tcfg
+            data = load_task_data(self.task, models.get_net(self.run.net).input_shape, self.run.source,
+                                  split_seed=c.split_seed, val_fraction=c.val_fraction, max_train=c.max_train,
+                                  max_eval=c.max_eval, normalization=c.normalization, data_dir=c.data_dir)
+            x_fit = data.x_train[: tc.max_train] if tc.max_train else data.x_train
+            x_chk = data.x_val[: tc.max_val] if tc.max_val else data.x_val
+            self._sets = (data, x_fit, data.y_train[: len(x_fit)], x_chk, data.y_val[: len(x_chk)])
+        return self._sets
+
+    def own_features(self, seed: int):
+        """``N_B(X_B)`` on the fit and check inputs, for B's network of ``seed`` (last seed kept)."""
+        if self._own[0] != seed:
+            variables, meta = self.run.nets[self.task, seed]
+            _, x_fit, _, x_chk, _ = self.sets()
+            f = self.run.features(int(meta["num_classes"]))
+            self._own = (seed, (f(variables, x_fit), f(variables, x_chk)))
+        return self._own[1]
+
+
+def _pair_inputs(run: _TableRun, a: str, b: str, seed: int) -> dict:
+    """Everything d(a -> b) under ``seed`` depends on (hashed into its bank key)."""
+    return {"transform": to_dict(run.tcfg), "net": run.net, "source": run.source,
+            "data": {k: getattr(run.data_cfg, k) for k in ("split_seed", "val_fraction", "max_train",
+                                                          "max_eval", "normalization")},
+            "net_a": run.checksums[a, seed], "net_b": run.checksums[b, seed]}
+
+
+def _pair_result(run: _TableRun, target: _TargetData, a: str, seed: int) -> tuple[dict, bool]:
+    """``(result, hit)``: d(a -> target) under ``seed``, from the bank or computed now and banked."""
+    b = target.task
+    _, meta, hit = run.bank.cached(b, ARTIFACT_KIND, _pair_inputs(run, a, b, seed),
+                                   lambda: _compute_pair(run, target, a, seed),
+                                   key_prefix=f"from={a}+net={run.net}+seed={seed}+", digest_chars=16,
+                                   recompute=run.recompute)
+    return meta["result"], hit
+
+
+def _compute_pair(run: _TableRun, target: _TargetData, a: str, seed: int) -> tuple[dict, dict]:
+    """``(tree, meta)`` of the bank artifact of d(a -> target): the result is in ``meta['result']``."""
+    from tqdm.auto import tqdm
+
+    b = target.task
+    data, x_fit, y_fit, x_chk, y_chk = target.sets()
+    var_a, meta_a = run.nets[a, seed]
+    var_b, _ = run.nets[b, seed]
+    fb_fit, fb_chk = target.own_features(seed)
+    fa = run.features(int(meta_a["num_classes"]))
+    fa_fit, fa_chk = fa(var_a, x_fit), fa(var_a, x_chk)
+    inner = tqdm(total=len(reachable_fractions(run.tcfg)) - 1, desc=f"  {a} -> {b} seed {seed}",
+                 unit="prune", leave=False, disable=not run.progress, dynamic_ncols=True)
+
+    def on_step(h):
+        inner.update(1)
+        inner.set_postfix(frac=f"{h['fraction']:.4f}", acc=f"{h['accuracy']:.3f}", ok=h["accepted"])
+
+    res = transform_distance(fa_fit, fb_fit, var_b["params"]["head"], y_fit, run.tcfg, seed=seed,
+                             val_data=(fa_chk, fb_chk, y_chk), progress=on_step)
+    inner.close()
+    result = _strip(res)
+    result.update(source_task=a, target_task=b, net=run.net, data=data.record())
+    tree = {"distance": np.asarray(result["distance"], np.float32),
+            "fraction": np.asarray([h["fraction"] for h in result["history"]], np.float32),
+            "accuracy": np.asarray([h["accuracy"] for h in result["history"]], np.float32)}
+    return tree, {"result": result}
+
+
+def _pair_row(a: str, b: str, seed: int, result: dict, hit: bool) -> dict:
+    """One entry of the table's ``pairs`` list."""
+    return {"source": a, "target": b, "seed": seed, "cached": hit,
+            **{k: result.get(k) for k in ("distance", "reached_quality", "accuracy_own", "accuracy_before",
+                                          "accuracy_after", "threshold", "steps", "n_train", "n_val", "widths")},
+            "time_s": result["timing"]["total_s"]}
+
+
+def _table_result(run: _TableRun, tasks, targets, seeds, per_seed, pairs, t_nets: float, t_start: float) -> dict:
+    mean, std = seed_mean_std(per_seed)
     networks = {f"{t}/seed{s}": {"test_accuracy": (m.get("metrics") or {}).get("test_accuracy"),
                                   "reached_epsilon": (m.get("metrics") or {}).get("reached_epsilon"),
-                                  "sha256": checksums[t, s]}
-                for (t, s), (_, m) in nets.items()}
+                                  "sha256": run.checksums[t, s]}
+                for (t, s), (_, m) in run.nets.items()}
     return {
-        "metric": "transform", "tasks": tasks, "seeds": seeds, "net": net,
-        "mean": mean.tolist(), "std": std.tolist(), "per_seed": per_seed.tolist(),
+        "metric": "transform", "tasks": tasks, "targets": targets, "seeds": seeds, "net": run.net,
+        "mean": finite_lists(mean), "std": finite_lists(std), "per_seed": [finite_lists(m) for m in per_seed],
         "orientation": "rows = source task A (features transformed), columns = target task B",
-        "pairs": pairs, "config": tcfg.to_dict(), "source": source, "networks": networks,
+        "pairs": pairs, "config": to_dict(run.tcfg), "source": run.source, "networks": networks,
         "timing": {"networks_s": t_nets, "total_s": time.perf_counter() - t_start,
-                   "pairs_cached": n_cached, "pairs_total": len(pairs)},
+                   "pairs_cached": sum(p["cached"] for p in pairs), "pairs_total": len(pairs)},
     }

@@ -3,7 +3,8 @@
 With G the M x n matrix of per-example gradients and F = G^T G / M:
 
 * the non-zero eigenvalues of F are those of the Gram ``G G^T / M``, so the
-  full log-det is exact from an M x M eigenproblem (DESIGN.md identities);
+  full log-det is exact from an M x M eigenproblem (the non-zero spectra of
+  ``G^T G`` and ``G G^T`` coincide);
 * with A = G_b^T / sqrt(M_b), B = G_t^T / sqrt(M_t), ``||A^T B||_*`` (nuclear
   norm of the cross-Gram ``G_b G_t^T / sqrt(M_b M_t)``) is
   ``tr((F_b^{1/2} F_t F_b^{1/2})^{1/2})``: the exact full Fréchet distance.
@@ -11,19 +12,28 @@ With G the M x n matrix of per-example gradients and F = G^T G / M:
 Blocks of ``microbatch`` examples are computed with ``vmap(grad)``; at most
 two blocks (2 x microbatch x n floats) live on the device.  When all M x n
 gradients fit in half of ``memory_budget`` they are kept on the host and each
-block is computed once; otherwise blocks are recomputed per block pair.
+block is computed once; otherwise blocks are recomputed per block pair.  The
+jitted block functions live in the caller's ``FisherEngine``.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tanas_jax.errors import UserError
-from tanas_jax.fisher.engine import (DEFAULT_MEMORY_BUDGET, _example_keys, check_finite,
-                                     choose_microbatch, leaf_names, per_example_grads, split_variables)
+from tanas_jax.fisher.core import (
+    DEFAULT_MEMORY_BUDGET,
+    FisherCaches,
+    check_finite,
+    choose_microbatch,
+    example_keys,
+    leaf_names,
+    per_example_grads,
+    split_variables,
+)
 
 
 def _selection(params, head: str, common_shapes: dict | None = None):
@@ -39,18 +49,13 @@ def _selection(params, head: str, common_shapes: dict | None = None):
     return keep
 
 
-_BLOCK_FNS: dict = {}
-
-
-def _make_block_fn(apply, variables, estimator: str, selection, leaf_scale):
+def _make_block_fn(caches: FisherCaches, apply, variables, estimator: str, selection, leaf_scale):
     params, rest = split_variables(variables)
     # one jitted block function per (apply, estimator, layout): a table visits many networks of the
     # same architecture, which must not recompile per network (the params are arguments)
     key = (apply, estimator, tuple((i, nm, tuple((sl.start, sl.stop) for sl in sls)) for i, nm, sls in selection),
            tuple(float(x) for x in leaf_scale), jax.tree_util.tree_structure(rest))
-    if key not in _BLOCK_FNS:
-        _BLOCK_FNS[key] = _block_fn(apply, estimator, selection, leaf_scale)
-    fn = _BLOCK_FNS[key]
+    fn = caches.block_fns.get_or_build(key, lambda: _block_fn(apply, estimator, selection, leaf_scale))
     return lambda x, y, idx, rng: fn(params, rest, x, y, idx, rng)
 
 
@@ -59,7 +64,7 @@ def _block_fn(apply, estimator: str, selection, leaf_scale):
     def block(params, rest, x, y, idx, rng):
         if estimator == "mc":
             logits = jax.lax.stop_gradient(apply({"params": params, **rest}, x))
-            keys = _example_keys(rng, idx)
+            keys = example_keys(rng, idx)
             y = jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
         g = per_example_grads(apply, {"params": params, **rest}, x, y)
         leaves = jax.tree_util.tree_leaves(g)
@@ -75,9 +80,9 @@ def _block_fn(apply, estimator: str, selection, leaf_scale):
 class _Blocks:
     """Per-example gradient blocks (B, n) of one network on one data set."""
 
-    def __init__(self, apply, variables, x, y, estimator, rng, microbatch, selection, leaf_scale,
-                 cache: bool):
-        self.fn = _make_block_fn(apply, variables, estimator, selection, leaf_scale)
+    def __init__(self, caches: FisherCaches, apply, variables, x, y, estimator, rng, microbatch, selection,
+                 leaf_scale, cache: bool):
+        self.fn = _make_block_fn(caches, apply, variables, estimator, selection, leaf_scale)
         self.x, self.y, self.rng, self.mb = np.asarray(x, np.float32), np.asarray(y, np.int32), rng, microbatch
         self.m = self.x.shape[0]
         self.n_blocks = -(-self.m // microbatch)
@@ -123,11 +128,14 @@ def _scales(selection, leaf_scale):
 
 def gram_matrix(apply: Callable, variables, x, y=None, *, estimator: str = "empirical", rng=None,
                 microbatch: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                head: str = "all", leaf_scale: dict | None = None, progress: bool = False) -> tuple[np.ndarray, int]:
+                head: str = "all", leaf_scale: dict | None = None, progress: bool = False,
+                engine: FisherCaches | None = None) -> tuple[np.ndarray, int]:
     """``(G G^T / M, n)``: the M x M Gram of per-example gradients (accumulated in float64) and n.
 
     ``head='backbone'`` leaves the head out; ``leaf_scale`` ({leaf name:
     factor}) multiplies each layer's gradients (``layer`` normalisation).
+    ``engine``: a ``FisherEngine`` whose compiled block functions are reused
+    (default a short-lived one).
     """
     x, y = _prep(x, y, estimator)
     rng = jax.random.PRNGKey(0) if rng is None else rng
@@ -137,8 +145,8 @@ def gram_matrix(apply: Callable, variables, x, y=None, *, estimator: str = "empi
     n = int(sum(int(np.prod(shapes[i])) for i, _, _ in sel))
     m = x.shape[0]
     mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
-    blocks = _Blocks(apply, variables, x, y, estimator, rng, mb, sel, _scales(sel, leaf_scale),
-                     cache=(m * n * 4 <= memory_budget // 2))
+    blocks = _Blocks(FisherCaches() if engine is None else engine, apply, variables, x, y, estimator, rng, mb,
+                     sel, _scales(sel, leaf_scale), cache=(m * n * 4 <= memory_budget // 2))
     K = np.zeros((m, m), np.float64)
     pairs = [(i, j) for i in range(blocks.n_blocks) for j in range(i, blocks.n_blocks)]
     bar = _bar(progress, len(pairs), "gram")
@@ -154,42 +162,50 @@ def gram_matrix(apply: Callable, variables, x, y=None, *, estimator: str = "empi
     return K / m, n
 
 
+def _head_crop(names_b, shapes_b, names_t, shapes_t) -> dict:
+    """``{leaf: common shape}`` where two networks' leaf shapes differ; only head leaves may differ."""
+    if names_b != names_t:
+        only = sorted(set(names_b) ^ set(names_t))
+        raise UserError(f"Fishers of incompatible networks: layer {only[0] if only else '?'} differs; "
+                        "use networks of the same architecture")
+    crop = {}
+    for nm, a, b in zip(names_b, shapes_b, shapes_t):
+        a, b = tuple(a), tuple(b)
+        if a != b:
+            if not nm.startswith("head") or len(a) != len(b):
+                raise UserError(f"Fishers of incompatible networks: layer {nm} has shape {a} vs {b}; "
+                                "only the head may differ")
+            crop[nm] = tuple(min(p, q) for p, q in zip(a, b))
+    return crop
+
+
 def cross_gram(apply_b: Callable, variables_b, apply_t: Callable, variables_t, x, y=None, *,
                x_t=None, y_t=None, estimator: str = "empirical", rng=None, microbatch: int | None = None,
                memory_budget: int = DEFAULT_MEMORY_BUDGET, head: str = "pad",
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, engine: FisherCaches | None = None) -> np.ndarray:
     """``A^T B = G_b G_t^T / sqrt(M_b M_t)`` (float64), M_b x M_t.
 
     Network b's per-example gradients on (x, y) against network t's on
     (x_t, y_t) (default the same data).  Gradients are aligned leaf by leaf;
     with ``head='pad'`` heads of different class counts are compared on their
     common part (zero padding adds nothing to inner products); ``'backbone'``
-    drops the heads.
+    drops the heads.  ``engine`` as in :func:`gram_matrix`.
     """
     x, y = _prep(x, y, estimator)
     x_t, y_t = (x, y) if x_t is None else _prep(x_t, y_t, estimator)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     pb, _ = split_variables(variables_b)
     pt, _ = split_variables(variables_t)
-    nb_, nt_ = leaf_names(pb), leaf_names(pt)
-    if nb_ != nt_:
-        only = sorted(set(nb_) ^ set(nt_))
-        raise UserError(f"Fishers of incompatible networks: layer {only[0] if only else '?'} differs; "
-                        "use networks of the same architecture")
-    common = {}
-    for nm, a, b in zip(nb_, jax.tree_util.tree_leaves(pb), jax.tree_util.tree_leaves(pt)):
-        if a.shape != b.shape:
-            if not nm.startswith("head") or a.ndim != b.ndim:
-                raise UserError(f"Fishers of incompatible networks: layer {nm} has shape {a.shape} vs {b.shape}; "
-                                "only the head may differ")
-            common[nm] = tuple(min(p, q) for p, q in zip(a.shape, b.shape))
+    common = _head_crop(leaf_names(pb), [a.shape for a in jax.tree_util.tree_leaves(pb)],
+                        leaf_names(pt), [a.shape for a in jax.tree_util.tree_leaves(pt)])
     sel_b = _selection(pb, "backbone" if head == "backbone" else "all", common)
     sel_t = _selection(pt, "backbone" if head == "backbone" else "all", common)
     n = int(sum(int(np.prod([s.stop for s in sl])) for _, _, sl in sel_b))
     mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
     cache = (x.shape[0] + x_t.shape[0]) * n * 4 <= memory_budget // 2
-    bb = _Blocks(apply_b, variables_b, x, y, estimator, rng, mb, sel_b, [1.0] * len(sel_b), cache)
-    bt = _Blocks(apply_t, variables_t, x_t, y_t, estimator, rng, mb, sel_t, [1.0] * len(sel_t), cache)
+    caches = FisherCaches() if engine is None else engine
+    bb = _Blocks(caches, apply_b, variables_b, x, y, estimator, rng, mb, sel_b, [1.0] * len(sel_b), cache)
+    bt = _Blocks(caches, apply_t, variables_t, x_t, y_t, estimator, rng, mb, sel_t, [1.0] * len(sel_t), cache)
     C = np.zeros((bb.m, bt.m), np.float64)
     bar = _bar(progress, bb.n_blocks * bt.n_blocks, "cross-gram")
     for i in range(bb.n_blocks):
@@ -206,12 +222,13 @@ def cross_gram(apply_b: Callable, variables_b, apply_t: Callable, variables_t, x
 
 def per_example_gradients(apply: Callable, variables, x, y=None, *, estimator: str = "empirical", rng=None,
                           microbatch: int | None = None,
-                          memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[np.ndarray, list[str], list[tuple]]:
+                          memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                          engine: FisherCaches | None = None) -> tuple[np.ndarray, list[str], list[tuple]]:
     """``(G, names, shapes)``: all M x n per-example gradients (float32, host) and the leaf layout.
 
     For reusing one network's gradients across several Grams / cross-Grams
     (the distance tables): ``gram_from_gradients`` and ``cross_from_gradients``
-    give the same matrices as ``gram_matrix`` / ``cross_gram``.
+    give the same matrices as ``gram_matrix`` / ``cross_gram``.  ``engine`` as in :func:`gram_matrix`.
     """
     x, y = _prep(x, y, estimator)
     rng = jax.random.PRNGKey(0) if rng is None else rng
@@ -220,7 +237,8 @@ def per_example_gradients(apply: Callable, variables, x, y=None, *, estimator: s
     shapes = [tuple(a.shape) for a in jax.tree_util.tree_leaves(params)]
     n = int(sum(int(np.prod(sh)) for sh in shapes))
     mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
-    blocks = _Blocks(apply, variables, x, y, estimator, rng, mb, sel, [1.0] * len(sel), cache=False)
+    blocks = _Blocks(FisherCaches() if engine is None else engine, apply, variables, x, y, estimator, rng, mb,
+                     sel, [1.0] * len(sel), cache=False)
     G = np.concatenate([np.asarray(blocks.get(k)) for k in range(blocks.n_blocks)], axis=0)
     return G, [nm for _, nm, _ in sel], shapes
 
@@ -251,17 +269,7 @@ def gram_from_gradients(grads, head: str = "all") -> tuple[np.ndarray, int]:
 def cross_from_gradients(grads_b, grads_t, head: str = "pad") -> np.ndarray:
     """``cross_gram`` from two ``per_example_gradients`` outputs (same architecture, heads may differ)."""
     (Gb, nb, sb), (Gt, nt, st) = grads_b, grads_t
-    if nb != nt:
-        only = sorted(set(nb) ^ set(nt))
-        raise UserError(f"Fishers of incompatible networks: layer {only[0] if only else '?'} differs; "
-                        "use networks of the same architecture")
-    crop = {}
-    for nm, a, b in zip(nb, sb, st):
-        if a != b:
-            if not nm.startswith("head") or len(a) != len(b):
-                raise UserError(f"Fishers of incompatible networks: layer {nm} has shape {a} vs {b}; "
-                                "only the head may differ")
-            crop[nm] = tuple(min(p, q) for p, q in zip(a, b))
+    crop = _head_crop(nb, sb, nt, st)
     h = "backbone" if head == "backbone" else "all"
     return _dot64(_columns(Gb, nb, sb, h, crop), _columns(Gt, nt, st, h, crop)) / np.sqrt(Gb.shape[0] * Gt.shape[0])
 

@@ -1,13 +1,20 @@
-"""Model registry: ``get_net(name)`` -> :class:`NetSpec`; ``build``/``init``/``make_apply``.
+"""The fixed network architectures used as ε-approximation networks: the TA-NAS CNN, a small CPU
+CNN, and CIFAR-style VGG-16, ResNet-18 and DenseNet-121.
 
-Conventions (DESIGN.md): a model is a pure ``apply(variables, x) -> logits``
-in eval mode; ``variables = {'params': ..., 'batch_stats': ...}`` (no
-``batch_stats`` for nets without BatchNorm).
+This package owns the registry (``get_net(name) -> NetSpec``: input size, channels, BatchNorm or
+not) and the functions that build, initialise and apply a net.  Every net is ``backbone -> head``
+with a one-layer dense head, so parameter trees are ``{'backbone': ..., 'head': ...}``, and a model is
+a pure ``apply(variables, x) -> logits`` in evaluation mode, with ``variables = {'params': ...,
+'batch_stats': ...}`` (no ``batch_stats`` for nets without BatchNorm).  Networks are built from the
+shared layers (``tanas_jax.layers``); the package imports only the foundation modules and never
+``data``, ``tasks``, ``train``, ``bank``, ``fisher``, ``distance``, ``search`` or ``cli``.  Cells
+built from searched genotypes are not here: they belong to ``tanas_jax.search``, which owns the
+genotype format.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -15,7 +22,6 @@ import jax.numpy as jnp
 
 from tanas_jax.errors import UserError, did_you_mean
 from tanas_jax.models import nets
-from tanas_jax.models.layers import Conv, max_pool_2x2, avg_pool_2x2  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,13 @@ output is a pure function of ``{'params', 'batch_stats'}`` and the input.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from tanas_jax.models.layers import Conv, avg_pool_2x2, global_avg_pool, max_pool_2x2
+from tanas_jax.layers import Conv, avg_pool_2x2, global_avg_pool, max_pool_2x2
 
 # torch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5)
 BatchNorm = partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)

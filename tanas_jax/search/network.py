@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tanas_jax.errors import UserError
-from tanas_jax.models.layers import Conv
+from tanas_jax.layers import Conv
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
 from tanas_jax.search.ops import ReLUConvBN, make_op
 

@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tanas_jax.models.layers import Conv
+from tanas_jax.layers import Conv
 
 PARAMETRIC_OPS = ("skip_connect@stride2", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7",
                   "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7")

@@ -64,7 +64,7 @@ import optax
 
 from tanas_jax.config import DartsConfig
 from tanas_jax.errors import UserError
-from tanas_jax.models.layers import Conv, max_pool_2x2
+from tanas_jax.layers import Conv, max_pool_2x2
 from tanas_jax.search.darts import (
     SuperNetwork,
     differentiable_search,

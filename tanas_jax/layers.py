@@ -1,4 +1,9 @@
-"""Layers with the CPU fast paths measured for this project.
+"""Base layers shared by the model zoo, the search spaces and the Fisher engine.
+
+This module sits at the bottom of the package (it imports only flax/jax):
+``tanas_jax.models``, ``tanas_jax.search`` and ``tanas_jax.fisher`` all import
+it, so the Fisher engine recognises these layer types without importing the
+model zoo.  It owns the layers with the CPU fast paths measured for this project:
 
 * :class:`Conv` — a drop-in for ``flax.linen.Conv`` (same ``kernel``/``bias``
   parameter names and shapes, NHWC/HWIO) that computes a stride-1 'SAME'
@@ -18,7 +23,7 @@ still works through the generic ``vmap(grad)`` path.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +40,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 def same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """PyTorch-style symmetric 'SAME' padding ``((lo, hi), (lo, hi))`` (extra pixel at the end)."""
     pads = []
     for k, d in zip(kernel, dilation):
         eff = (k - 1) * d + 1
@@ -49,7 +55,7 @@ def extract_patches(x: jax.Array, kernel: tuple[int, int], strides: tuple[int, i
 
     ``padding`` is a pair of (lo, hi) pairs.  ``patches @ kernel.reshape(-1,
     cout)`` equals the convolution.  Slicing is 2-2.5x faster on CPU than
-    ``lax.conv_general_dilated_patches`` (measured, DESIGN.md).
+    ``lax.conv_general_dilated_patches`` (measured on this project's CPUs).
     """
     kh, kw = kernel
     sh, sw = strides
@@ -69,6 +75,7 @@ def extract_patches(x: jax.Array, kernel: tuple[int, int], strides: tuple[int, i
 
 
 def resolve_padding(padding, kernel, dilation):
+    """``'SAME'`` / ``'VALID'`` / int / per-axis pads -> ``((lo, hi), (lo, hi))``."""
     if isinstance(padding, str):
         if padding.upper() == "SAME":
             return same_padding(kernel, dilation)
@@ -134,6 +141,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2/stride-2 average pool by reshape (odd trailing row/col dropped)."""
     b, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
     x = x[:, : 2 * h2, : 2 * w2, :]
@@ -141,4 +149,5 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
+    """Mean over the spatial axes: (B, H, W, C) -> (B, C)."""
     return x.mean(axis=(1, 2))
