@@ -50,14 +50,18 @@ def main(argv=None) -> int:
 
     import tanas_jax  # noqa: F401  (XLA flags before JAX starts)
     from tanas_jax import provenance
-    from tanas_jax.search.fuse import FuseConfig, FuseSteps, _gen, run_round
+    from tanas_jax.config import FuseConfig, from_section
+    from tanas_jax.search.fuse import FuseSteps, run_round
+    from tanas_jax.search.runtime import CACHE_ENV, enable_compilation_cache
+    from tanas_jax.search.runtime import rng as stream
     from tanas_jax.search.spaces import resolve_space
 
     shape = (args.size, args.size, 3)
     space = resolve_space(args.space, log=lambda m: None)
     cands = ([space.seeds[0]] if space.seeds else []) + space.sample_distinct(
-        _gen(args.seed, 0, 0), args.candidates - (1 if space.seeds else 0), exclude=space.seeds[:1])
+        stream(args.seed, 0, 0), args.candidates - (1 if space.seeds else 0), exclude=space.seeds[:1])
     cfg = FuseConfig(candidates=args.candidates, batch_size=args.batch, skeleton=args.skeleton)
+    enable_compilation_cache(cfg.compilation_cache)   # $TANAS_XLA_CACHE, as before
     rng = np.random.default_rng(args.seed)
     x = rng.random((args.batch, *shape), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
@@ -88,9 +92,10 @@ def main(argv=None) -> int:
         data = load_task_data("mnist_10way", shape, "auto", max_train=3000, max_eval=500)
         from tanas_jax.cli.common import load_config
 
-        qcfg = FuseConfig.from_config(load_config("quick").fuse, candidates=args.candidates,
-                                      batch_size=args.batch, skeleton=args.skeleton)
-        others = space.sample_distinct(_gen(args.seed, 1, 0), args.candidates - 1, exclude=cands[:1])
+        qcfg = from_section(FuseConfig, load_config("quick").fuse, candidates=args.candidates,
+                            batch_size=args.batch, skeleton=args.skeleton)
+        enable_compilation_cache(qcfg.compilation_cache)
+        others = space.sample_distinct(stream(args.seed, 1, 0), args.candidates - 1, exclude=cands[:1])
         rec, _ = run_round([cands[0]] + others, data, qcfg, args.seed, 1)
         res["round"] = {"wall_s": rec["wall_s"], "compile_s": rec["compile_s"], "stages": rec["stages"],
                         "weight_steps_per_stage": qcfg.weight_steps, "alpha_steps_per_stage": qcfg.alpha_steps,
@@ -101,7 +106,6 @@ def main(argv=None) -> int:
     print(f"FUSE step, space {space.name}, C={args.candidates}, batch {args.batch}, {shape}, skeleton {args.skeleton}")
     for k, v in rows:
         print(f"  {k.ljust(w)}  {v}")
-    from tanas_jax.search.fuse import CACHE_ENV
 
     # compile times above are cold unless the persistent cache (TANAS_XLA_CACHE / fuse.compilation_cache)
     # already held these executables: run twice with TANAS_XLA_CACHE=DIR for the warm numbers

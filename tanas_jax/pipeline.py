@@ -80,13 +80,13 @@ def run_pipeline(cfg, *, bank, out: str | None = None, seed: int = 0, baselines:
     (networks, distance table and ranking, base genotypes, search runs, summary table, banked genotype,
     reused/computed items, timings).  ``out`` holds search checkpoints; ``baselines=False`` runs only the
     task-aware search; ``log`` (default: the ``tanas_jax.pipeline`` logger) receives progress messages."""
-    from tanas_jax.search.fuse import FuseConfig
+    from tanas_jax.config import section
     from tanas_jax.search.spaces import resolve_space
 
     run = _plan(cfg, bank, out, seed, progress, log or logger.info)
     led = _Ledger()
     t_all = time.perf_counter()
-    fcfg = FuseConfig.from_config(run.cfg.fuse)
+    fcfg = section(run.cfg, "fuse")
     run.log(f"target {run.target}; {len(run.bases)} bases: {', '.join(run.bases)}; metric {run.metric}; "
             f"top-{run.k}; net {run.cfg.train.net}; seeds {run.seeds}")
     nets = _timed(led, "networks_s", _networks, run, led)
@@ -238,10 +238,13 @@ def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, m
     """One search (FUSE or random), cached in the bank by a fingerprint of its inputs."""
     import numpy as np
 
+    from tanas_jax.config import section, to_dict
     from tanas_jax.search.fuse import fuse_search
     from tanas_jax.search.random_search import random_search
 
-    key = "search-" + _fingerprint({"method": method, "space": space.to_dict(), "fuse": fcfg.to_dict(),
+    final = section(run.cfg, "final")
+    key = "search-" + _fingerprint({"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg),
+                                    "final": to_dict(final),
                                     "seed": run.seed, "data": data.record()})
     hit = run.bank.load_artifact(task, "searches", key)   # TODO(cached): Bank.cached
     if hit is not None:
@@ -251,9 +254,9 @@ def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, m
     run.log(f"== {method} for {task}, space {label}: {len(space.ops)} ops ({', '.join(space.ops)}), "
             f"{space.size()} cells")
     if method == "random":
-        res = random_search(data, space, fcfg, run.seed, log=run.log)
+        res = random_search(data, space, fcfg, run.seed, final=final, log=run.log)
     else:
-        res = fuse_search(data, space, fcfg, run.seed, checkpoint_dir=ck, log=run.log)
+        res = fuse_search(data, space, fcfg, run.seed, final=final, checkpoint_dir=ck, log=run.log)
     run.bank.save_artifact(task, "searches", key, {"done": np.ones(1, np.int8)},   # TODO(cached): Bank.cached
                            {"result": json.loads(json.dumps(res, default=json_default))})
     led.computed.append(f"{method} search for {task} in space {label}")

@@ -3,11 +3,15 @@
 ``train_step``/``eval_step`` are pure jitted functions; one compiled shape per
 phase (training drops the last partial batch of each shuffled epoch; eval pads
 the last batch and masks it).  Same seed -> same parameters on the same machine.
+
+This module also owns the two pieces every trainer of the package shares (the
+searches reach them through :mod:`tanas_jax.search.runtime`): the one
+:func:`cross_entropy` and the one padded evaluation loop :func:`padded_batches`.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -19,8 +23,25 @@ from tanas_jax import models
 from tanas_jax.errors import UserError
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Softmax cross-entropy with integer labels: the batch mean, or with a 0/1 ``mask`` (padded
+    evaluation batches) the masked sum."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return ce.mean() if mask is None else (ce * mask).sum()
+
+
+def padded_batches(arrays: Sequence[np.ndarray], batch_size: int) -> Iterator[tuple[list, int]]:
+    """The one padded evaluation loop: ``(batch, m)`` over consecutive slices of ``arrays`` (same
+    length), every batch exactly ``batch_size`` rows (the last zero-padded, so one compiled shape
+    serves the whole split); ``m`` is the number of real rows.  Callers choose ``batch_size``
+    (e.g. ``min(bs, n)`` or a fixed size shared by several splits)."""
+    n = len(arrays[0])
+    for start in range(0, n, batch_size):
+        batch = [a[start:start + batch_size] for a in arrays]
+        m = len(batch[0])
+        if m < batch_size:
+            batch = [np.concatenate([b, np.zeros((batch_size - m,) + b.shape[1:], b.dtype)]) for b in batch]
+        yield batch, m
 
 
 def make_steps(model, optimizer: optax.GradientTransformation):
@@ -35,7 +56,7 @@ def make_steps(model, optimizer: optax.GradientTransformation):
         else:
             logits = model.apply(variables, x, train=True)
             new_stats = None
-        loss = cross_entropy(logits, y).mean()
+        loss = cross_entropy(logits, y)
         return loss, (logits, new_stats)
 
     @jax.jit
@@ -50,9 +71,8 @@ def make_steps(model, optimizer: optax.GradientTransformation):
     @jax.jit
     def eval_step(variables, x, y, mask):
         logits = model.apply(variables, x, train=False)
-        loss = cross_entropy(logits, y)
         correct = (logits.argmax(-1) == y)
-        return (loss * mask).sum(), (correct * mask).sum()
+        return cross_entropy(logits, y, mask), (correct * mask).sum()
 
     return train_step, eval_step
 
@@ -65,14 +85,8 @@ def evaluate(eval_step: Callable, variables: Any, x: np.ndarray, y: np.ndarray,
         raise UserError("cannot evaluate on an empty split")
     bs = min(batch_size, n)
     tot_loss, tot_correct = 0.0, 0.0
-    for start in range(0, n, bs):
-        xb, yb = x[start:start + bs], y[start:start + bs]
-        m = len(yb)
-        mask = np.ones(bs, np.float32)
-        if m < bs:
-            xb = np.concatenate([xb, np.zeros((bs - m,) + xb.shape[1:], xb.dtype)])
-            yb = np.concatenate([yb, np.zeros(bs - m, yb.dtype)])
-            mask[m:] = 0
+    for (xb, yb), m in padded_batches((x, y), bs):
+        mask = (np.arange(bs) < m).astype(np.float32)
         loss, correct = eval_step(variables, xb, yb, mask)
         tot_loss += float(loss)
         tot_correct += float(correct)

@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tanas_jax.errors import UserError
+from tanas_jax.config import DartsConfig, FinalConfig, from_section
+from tanas_jax.errors import CorruptEntryError, UserError
+from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search import darts
 from tanas_jax.search.genotype import CellStructure, authors_cell_structure
+from tanas_jax.search.methods import SearchSettings, run_search
 from tanas_jax.search.network import Skeleton
 from tanas_jax.search.ops import make_op
 from tanas_jax.search.spaces import SearchSpace, resolve_space
@@ -59,8 +62,11 @@ def test_supernet_depthwise_variants_equal_make_op(op, impl):
         ref = make_op(op, 3, stride)
         v = ref.init(jax.random.PRNGKey(1), x, False)
         mine = darts.supernet_op(op, 3, stride, impl)
-        assert jax.tree_util.tree_structure(mine.init(jax.random.PRNGKey(1), x, False)) == \
-            jax.tree_util.tree_structure(v)
+        v_mine = mine.init(jax.random.PRNGKey(1), x, False)
+        # the same parameter tree: structure and every leaf's shape and dtype
+        assert jax.tree_util.tree_structure(v_mine) == jax.tree_util.tree_structure(v)
+        assert [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(v_mine)] == \
+            [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(v)]
         np.testing.assert_allclose(mine.apply(v, x, True, mutable=["batch_stats"])[0],
                                    ref.apply(v, x, True, mutable=["batch_stats"])[0], rtol=1e-4, atol=1e-5)
 
@@ -106,7 +112,7 @@ def test_second_order_gradient_matches_finite_differences():
 
         g = jax.jit(jax.grad(f))(beta)
         g1 = jax.jit(jax.grad(lambda b: darts.supernet_loss(net, w, bs, b, xv, yv)[0]))(beta)
-        for trial in range(2):
+        for _ in range(2):
             d = {k: jnp.asarray(r.standard_normal(v.shape)) for k, v in beta.items()}
             eps = 1e-5
             plus = f({k: beta[k] + eps * d[k] for k in beta})
@@ -122,49 +128,80 @@ def test_second_order_gradient_matches_finite_differences():
 def test_search_runs_resumes_and_is_deterministic(tmp_path, method):
     data = Data()
     space = SearchSpace("t", SMOOTH_OPS, (authors_cell_structure(),))
-    cfg = darts.SearchConfig(skeleton=TINY.to_dict(), steps=4, history_every=1, checkpoint_every=1,
-                             batch_size=8, final_steps=3, input_shape=(6, 6, 2), eval_batch_size=16)
-    full = darts.differentiable_search(method, data, space, cfg, 1, log=lambda m: None)
+    cfg = DartsConfig(skeleton=TINY.to_dict(), steps=4, history_every=1, checkpoint_every=1,
+                      batch_size=8, input_shape=(6, 6, 2), eval_batch_size=16)
+    fin = FinalConfig(steps=3, eval_batch_size=16)
+    full = darts.differentiable_search(method, data, space, cfg, 1, final=fin, log=lambda m: None)
     assert full["skip_connect"] == darts.skip_count(darts.Genotype.from_dict(full["genotype"]))
     assert "none" not in full["genotype_short"]
-    assert len(full["beta_history"]) == 5 and 0 <= full["final"]["test_accuracy"] <= 1
+    assert len(full["beta_history"]) == 5 and full["final"]["steps"] == 3
+    # the final training is the runtime's one protocol, on the data it is given
+    other = Data(shape=(8, 8, 2), seed=4)
+    moved = darts.differentiable_search(method, data, space, cfg, 1, final=fin, final_data=other, log=lambda m: None)
+    assert moved["genotype"] == full["genotype"] and moved["final"]["input_shape"] == [8, 8, 2]
+    assert full["final"]["input_shape"] == [6, 6, 2]
 
     def interrupting(msg):
         if "step 3/" in msg:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        darts.differentiable_search(method, data, space, cfg, 1, checkpoint_dir=str(tmp_path), log=interrupting)
-    assert os.path.exists(tmp_path / darts.CKPT_NAME)
+        darts.differentiable_search(method, data, space, cfg, 1, final=fin, checkpoint_dir=str(tmp_path),
+                                    log=interrupting)
+    assert os.path.exists(ckpt.path(str(tmp_path), darts.CKPT))
     logs = []
-    resumed = darts.differentiable_search(method, data, space, cfg, 1, checkpoint_dir=str(tmp_path), log=logs.append)
+    resumed = darts.differentiable_search(method, data, space, cfg, 1, final=fin, checkpoint_dir=str(tmp_path),
+                                          log=logs.append)
     assert resumed["resumed_from_step"] == 2 and any("resuming" in m for m in logs)
     np.testing.assert_array_equal(np.asarray(resumed["beta"]["normal"]), np.asarray(full["beta"]["normal"]))
     assert resumed["genotype"] == full["genotype"]
     assert resumed["final"]["test_accuracy"] == full["final"]["test_accuracy"]
+    assert resumed["final"]["val_accuracy"] == full["final"]["val_accuracy"]
+    # a checkpoint of other settings (here: another seed) is refused, never overwritten
+    before = open(ckpt.path(str(tmp_path), darts.CKPT), "rb").read()
+    with pytest.raises(UserError, match="other settings.*--restart"):
+        darts.differentiable_search(method, data, space, cfg, 2, final=None, checkpoint_dir=str(tmp_path),
+                                    log=lambda m: None)
+    assert open(ckpt.path(str(tmp_path), darts.CKPT), "rb").read() == before
 
 
-def test_corrupt_checkpoint_is_reported_and_ignored(tmp_path):
-    (tmp_path / darts.CKPT_NAME).write_bytes(b"half-written")
-    logs = []
-    assert darts.load_checkpoint(str(tmp_path), "fp", {"a": jnp.zeros(2)}, logs.append) is None
-    assert "unreadable" in logs[0]
+def test_corrupt_checkpoint_is_refused_with_its_path(tmp_path):
+    path = ckpt.path(str(tmp_path), darts.CKPT)
+    open(path, "wb").write(b"half-written")
+    space = SearchSpace("t", SMOOTH_OPS, (authors_cell_structure(),))
+    cfg = DartsConfig(skeleton=TINY.to_dict(), steps=2, batch_size=8, input_shape=(6, 6, 2), eval_batch_size=16)
+    with pytest.raises(CorruptEntryError, match=f"checkpoint {path} is unreadable.*delete it, or pass --restart"):
+        darts.differentiable_search("darts1", Data(), space, cfg, 0, final=None, checkpoint_dir=str(tmp_path),
+                                    log=lambda m: None)
+    assert open(path, "rb").read() == b"half-written"
 
 
 def test_bad_input_is_one_line_user_error():
     with pytest.raises(UserError, match="unknown search method"):
-        darts.differentiable_search("darts3", Data(), resolve_space("standard"), darts.SearchConfig(), 0)
+        darts.differentiable_search("darts3", Data(), resolve_space("standard"), DartsConfig(), 0)
+    with pytest.raises(UserError, match="unknown search method 'darts3'"):
+        run_search("darts3", Data(), resolve_space("standard"), SearchSettings(), 0)
     with pytest.raises(UserError, match="C must be >= 2"):
-        darts.SearchConfig(skeleton={"preset": "tiny", "C": 1})
+        darts.supernet_for_space(resolve_space("standard"), {"preset": "tiny", "C": 1}, 2)
     with pytest.raises(UserError, match="only op is 'none'"):
         darts.supernet_for_space(resolve_space("ops:none"), "tiny", 2)
     with pytest.raises(UserError, match="unknown op"):
         resolve_space("ops:skip_connect,conv_9x9")
-    with pytest.raises(UserError, match="unknown field"):
-        darts.SearchConfig.from_config({"stepz": 3})
+    with pytest.raises(UserError, match="no field 'stepz'"):
+        from_section(DartsConfig, {"stepz": 3})
     with pytest.raises(UserError, match="w_optimizer"):
-        darts.SearchConfig(w_optimizer="lamb")
+        DartsConfig(w_optimizer="lamb")
     with pytest.raises(UserError, match="qrs_temperature"):
-        darts.SearchConfig.from_config({"tetlo": {"qrs_temperature": 0.0}})
+        from_section(DartsConfig, {"tetlo": {"qrs_temperature": 0.0}})
     for e in (UserError("x"),):
         assert "\n" not in str(e)
+
+
+def test_search_settings_read_the_config_sections():
+    from tanas_jax.config import FuseConfig, load_config
+
+    cfg = load_config("quick", ["final.steps=7", "search.darts.steps=5", "fuse.rounds=2"])
+    s = SearchSettings.from_config(cfg)
+    assert isinstance(s.fuse, FuseConfig) and s.fuse.rounds == 2
+    assert s.darts.steps == 5 and s.darts.input_shape == (20, 20, 1) and s.final.steps == 7
+    assert SearchSettings.from_config(cfg, final=False).final is None

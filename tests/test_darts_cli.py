@@ -3,9 +3,11 @@ import json
 import os
 
 from tanas_jax.cli.search import main
+from tanas_jax.search.darts import skip_count
+from tanas_jax.search.genotype import Genotype
 
 SMALL = ["--task", "mnist_10way", "--space", "ops:none,skip_connect,avg_pool_3x3", "--data-source", "bundled",
-         "--set", "search.darts.steps=3", "--set", "search.darts.final_steps=2", "--set", "search.max_train=64",
+         "--set", "search.darts.steps=3", "--set", "final.steps=2", "--set", "search.max_train=64",
          "--set", "search.darts.history_every=1", "--set", "search.darts.checkpoint_every=1",
          "--set", "search.darts.input_shape=(8,8,1)", "--set", "data.max_eval=64", "--no-progress"]
 
@@ -16,7 +18,10 @@ def test_search_cli_writes_result_plot_bank_and_resumes(tmp_path, capsys):
     res = json.load(open(os.path.join(out, "result.json")))
     run = res["runs"][0]
     assert res["data"]["source"].startswith("bundled") and "provenance" in res
-    assert run["skip_connect"] <= 6 and "none" not in run["genotype_short"]
+    assert run["skip_connect"] == skip_count(Genotype.from_dict(run["genotype"]))
+    assert "none" not in run["genotype_short"]
+    # the derived cell is trained at search.input_shape (FUSE's input), not the supernet's 8x8 crop
+    assert run["final"]["input_shape"] == [28, 28, 3] and run["final"]["steps"] == 2
     assert os.path.exists(os.path.join(out, "beta_darts1_seed0.png"))
     assert os.path.exists(os.path.join(bank, "mnist_10way")) or any("mnist_10way" in p for p, _, _ in os.walk(bank))
     capsys.readouterr()

@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tanas_jax.errors import UserError
+from tanas_jax.config import FinalConfig, FuseConfig
+from tanas_jax.errors import CorruptEntryError, UserError
 from tanas_jax.search import checkpoint as ckpt
-from tanas_jax.search.fuse import FuseConfig, FuseSteps, fuse_search, mixture_logits, run_round
+from tanas_jax.search import runtime
+from tanas_jax.search.fuse import FuseSteps, mixture_logits, run_round
 from tanas_jax.search.genotype import Genotype, authors_cell_structure
 from tanas_jax.search.random_search import random_search
 from tanas_jax.search.spaces import resolve_space
@@ -51,7 +53,7 @@ def test_mixture_is_softmax_weighted_sum():
 
 
 def test_config_rejects_one_candidate():
-    with pytest.raises(UserError, match="candidates must be >= 2"):
+    with pytest.raises(UserError, match="candidates: must be >= 2"):
         FuseConfig(candidates=1)
 
 
@@ -91,16 +93,18 @@ def test_fuse_picks_the_conv_cell_and_alpha_converges(digit0):
 
 SPACE = "ops:none,skip_connect,max_pool_3x3,avg_pool_3x3"
 SMALL = dict(candidates=2, rounds=3, max_stages=2, weight_steps=5, alpha_steps=3, batch_size=16,
-             final_steps=10, eval_batch_size=200)
+             eval_batch_size=200)
+FINAL = dict(steps=10, eval_batch_size=200)
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
     from tanas_jax.tasks import load_task_data
-    from tanas_jax.search.fuse import FuseConfig, fuse_search
+    from tanas_jax.config import FinalConfig, FuseConfig
+    from tanas_jax.search.fuse import fuse_search
     from tanas_jax.search.spaces import resolve_space
     d = load_task_data("mnist_digit0", {shape!r}, "bundled", max_train=200, max_eval=100)
-    res = fuse_search(d, resolve_space({space!r}), FuseConfig(**{cfg!r}), seed=3,
+    res = fuse_search(d, resolve_space({space!r}), FuseConfig(**{cfg!r}), seed=3, final=FinalConfig(**{final!r}),
                       checkpoint_dir={ck!r}, log=lambda m: print(m, flush=True))
     json.dump(res, open({out!r}, "w"))
 """)
@@ -109,7 +113,7 @@ SCRIPT = textwrap.dedent("""
 def _script(tmp_path, name):
     ck = str(tmp_path / f"ck_{name}")
     out = str(tmp_path / f"{name}.json")
-    code = SCRIPT.format(root=ROOT, shape=SHAPE, space=SPACE, cfg=SMALL, ck=ck, out=out)
+    code = SCRIPT.format(root=ROOT, shape=SHAPE, space=SPACE, cfg=SMALL, final=FINAL, ck=ck, out=out)
     return [sys.executable, "-c", code], ck, out
 
 
@@ -150,17 +154,57 @@ def test_checkpoint_refuses_other_settings_and_corruption(tmp_path):
     p = ckpt.path(str(tmp_path))
     data = open(p, "rb").read()
     open(p, "wb").write(data[: len(data) // 2])
-    with pytest.raises(UserError, match="unreadable|checksum"):
+    with pytest.raises(CorruptEntryError, match=f"checkpoint {p} is unreadable.*delete it, or pass --restart"):
         ckpt.load(str(tmp_path), "abc")
+    ckpt.save(str(tmp_path), "abc", {"round": 0, "history": []})
+    data = bytearray(open(p, "rb").read())
+    i = data.index(b'round\\": 0') + len(b'round\\": ')
+    data[i:i + 1] = b"7"   # one flipped byte (the zip CRC or the body's sha256 catches it)
+    open(p, "wb").write(bytes(data))
+    with pytest.raises(CorruptEntryError, match="(unreadable|failed its checksum).*--restart"):
+        ckpt.load(str(tmp_path), "abc")
+
+
+def test_checkpoint_restores_a_state_exactly(tmp_path):
+    state = {"w": [jnp.arange(6.0).reshape(2, 3) / 7, jnp.ones(2, jnp.int32)], "b": {"x": jnp.float32(0.1)}}
+    ckpt.save(str(tmp_path), "fp", {"step": 3}, state, "s")
+    meta, got = ckpt.load(str(tmp_path), "fp", "s", like=jax.tree_util.tree_map(jnp.zeros_like, state))
+    assert meta["step"] == 3
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(state)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(state)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(CorruptEntryError, match="does not match the search state"):
+        ckpt.load(str(tmp_path), "fp", "s", like={"w": [jnp.zeros((3, 3)), jnp.zeros(2)], "b": {"x": 0.0}})
+
+
+def test_single_network_steps_equal_a_one_candidate_fuse_step(digit0):
+    """runtime.train_single (the final protocol) is FUSE's C = 1 step, bit for bit."""
+    cfg = FuseConfig(batch_size=16, eval_batch_size=200)
+    recipe = FinalConfig(steps=6, batch_size=16, eval_batch_size=200)
+    fs = FuseSteps([CONV], "tiny", digit0.num_classes, cfg, SHAPE)
+    state = fs.init_state([5, 1])
+    stream = runtime.BatchStream(digit0.x_train, digit0.y_train, 16, runtime.rng(5, 1, 2))
+    for _ in range(recipe.steps):
+        state, loss = fs.weight_step(state, *stream.next())
+    single, s_state, info = runtime.train_single(CONV, digit0, recipe, [5, 1], recipe.steps)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s_state["params"], state["params"]["weights"][0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s_state["batch_stats"], state["batch_stats"][0])
+    assert info["final_loss"] == float(loss)
+    acc, _ = fs.accuracy(state, digit0.x_test, digit0.y_test)
+    assert single.accuracy(s_state, digit0.x_test, digit0.y_test) == acc[0]
+    # another batch size is another compiled step, not a cache hit of the wrong shape
+    other = runtime.train_single(CONV, digit0, FinalConfig(steps=1, batch_size=8, eval_batch_size=200), [5, 1], 1)
+    assert other[0] is not single and other[0].traces["weights"] == 1
 
 
 def test_random_search_respects_budget(digit0):
     cfg = FuseConfig(**{**SMALL, "rounds": 2})
-    res = random_search(digit0, resolve_space(SPACE), cfg, seed=1, final=False, log=lambda m: None)
+    res = random_search(digit0, resolve_space(SPACE), cfg, seed=1, final=None, log=lambda m: None)
     assert res["budget"] == {"evaluations": 4, "steps_per_evaluation": 10}
     assert len(res["evaluations"]) == 4 and all(e["steps"] == 10 for e in res["evaluations"])
     accs = [e["val_accuracy"] for e in res["evaluations"]]
     assert res["best"] == int(np.argmax(accs))
-    small = random_search(digit0, resolve_space(SPACE), cfg, seed=1, budget=2, steps=3, final=False,
+    small = random_search(digit0, resolve_space(SPACE), cfg, seed=1, budget=2, steps=3, final=None,
                           log=lambda m: None)
     assert len(small["evaluations"]) == 2 and all(e["steps"] == 3 for e in small["evaluations"])

@@ -24,23 +24,28 @@ def test_depthwise_custom_vjp_matches_autodiff(k, s, d, hw):
 
 
 def test_compilation_cache_switch(tmp_path, monkeypatch):
-    from jax._src import compilation_cache as cc
+    from jax.experimental.compilation_cache import compilation_cache as cc
 
-    from tanas_jax.search import fuse
+    from tanas_jax.config import FuseConfig
+    from tanas_jax.search import runtime
+    from tanas_jax.search.spaces import resolve_space
 
     before = jax.config.jax_compilation_cache_dir
     try:
-        monkeypatch.setenv(fuse.CACHE_ENV, "0")
-        assert fuse.enable_compilation_cache(str(tmp_path / "a")) is None
-        monkeypatch.setenv(fuse.CACHE_ENV, str(tmp_path / "b"))
-        assert fuse.enable_compilation_cache("~/ignored") == str(tmp_path / "b")
+        monkeypatch.setenv(runtime.CACHE_ENV, "0")
+        assert runtime.enable_compilation_cache(str(tmp_path / "a")) is None
+        assert jax.config.jax_compilation_cache_dir == before
+        monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "b"))
+        assert runtime.enable_compilation_cache("~/ignored") == str(tmp_path / "b")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "b")
-        monkeypatch.delenv(fuse.CACHE_ENV)
-        assert fuse.enable_compilation_cache(None) is None
-        # the cache setting is not part of the checkpoint fingerprint
-        a = fuse.FuseConfig(compilation_cache="x").to_dict()
-        assert "compilation_cache" in a and "compilation_cache" in fuse._NOT_IN_FINGERPRINT
+        monkeypatch.delenv(runtime.CACHE_ENV)
+        assert runtime.enable_compilation_cache(None) is None
+        # the cache folder is not part of the checkpoint fingerprint; the settings are
+        data = type("D", (), {"x_train": np.zeros((4, 2, 2, 1))})()
+        space = resolve_space("ops:skip_connect,avg_pool_3x3")
+        fp = [runtime.fingerprint(data, space, FuseConfig(**kw), 0)
+              for kw in ({"compilation_cache": "x"}, {"compilation_cache": "y"}, {"rounds": 4})]
+        assert fp[0] == fp[1] != fp[2]
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
-        fuse._cache_dir_set[0] = None
         cc.reset_cache()

@@ -13,10 +13,22 @@ from jax import lax
 
 from tanas_jax.search import ops as ops_mod
 from tanas_jax.search.genotype import (
-    OP_ALIASES, OPS, Cell, CellStructure, Genotype, GenotypeError, authors_cell_structure,
-    check_op_set)
+    OP_ALIASES,
+    OPS,
+    Cell,
+    Genotype,
+    GenotypeError,
+    authors_cell_structure,
+    check_op_set,
+)
 from tanas_jax.search.network import (
-    SKELETONS, CellNetwork, Skeleton, get_skeleton, init_network, make_apply, param_count)
+    SKELETONS,
+    Skeleton,
+    get_skeleton,
+    init_network,
+    make_apply,
+    param_count,
+)
 
 OP_NAMES = list(OPS) + list(OP_ALIASES)
 

@@ -82,7 +82,7 @@ def test_space_json_file(tmp_path):
     (["--task", "mnist_10way", "--space", "ops:conv_9x9"], "unknown op"),
     (["--task", "mnist_10way", "--space", "from:mnist_digit6"], "no genotype"),
     (["--task", "nope", "--space", "standard"], "unknown task"),
-    (["--task", "mnist_10way", "--candidates", "1"], "candidates must be >= 2"),
+    (["--task", "mnist_10way", "--candidates", "1"], "fuse.candidates: must be >= 2"),
     (["--task", "mnist_10way", "--compare", ","], "--compare is empty"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, match):
@@ -91,7 +91,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, match):
     code = main(argv + ["--bank", str(tmp_path / "bank")])
     err = capsys.readouterr().err
     assert code == 2
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
 
 

@@ -4,10 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tanas_jax.config import DartsConfig, FinalConfig
+from tanas_jax.errors import UserError
 from tanas_jax.search import darts, tetlo
 from tanas_jax.search.genotype import CellStructure
+from tanas_jax.search.methods import SEARCH_METHODS, SearchSettings
 from tanas_jax.search.spaces import SearchSpace
-
 from test_darts import TINY, Data, _to64, _x
 
 
@@ -42,10 +44,10 @@ def test_sample_quadruples_distinct_and_deterministic():
 def _setup(main_weight=0.0, qrs_weight=10.0, unroll_lr=0.5):
     space = SearchSpace("t", ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"),
                         (CellStructure(3, ((0, 1), (0, 2), (1, 2)), "edges"),))
-    cfg = darts.SearchConfig(skeleton=TINY.to_dict(), batch_size=6, unroll_lr=unroll_lr, input_shape=(6, 6, 2),
-                             tetlo={"aux_channels": (3,), "quadruples": 12, "qrs_temperature": 0.5,
-                                    "aux_unroll_lr": 1.0, "qrs_margin": 0.5, "main_weight": main_weight, "qrs_weight": qrs_weight})
-    net, st = darts.supernet_for_space(space, cfg.skeleton_obj, 2)
+    cfg = DartsConfig(skeleton=TINY.to_dict(), batch_size=6, unroll_lr=unroll_lr, input_shape=(6, 6, 2),
+                      tetlo={"aux_channels": (3,), "quadruples": 12, "qrs_temperature": 0.5, "aux_unroll_lr": 1.0,
+                             "qrs_margin": 0.5, "main_weight": main_weight, "qrs_weight": qrs_weight})
+    net, st = darts.supernet_for_space(space, cfg.skeleton, 2)
     steps = tetlo.TetloSteps(net, cfg, 2)
     state = steps.init_state(0, (6, 6, 2), st)
     state["params"]["beta"] = darts.init_beta(st, net.ops, net.skeleton, np.random.default_rng(1), std=0.5)
@@ -91,12 +93,19 @@ def test_tetlo_search_runs():
     data = Data()
     space = SearchSpace("t", ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"),
                         (CellStructure(3, ((0, 1), (0, 2), (1, 2)), "edges"),))
-    cfg = darts.SearchConfig(skeleton=TINY.to_dict(), steps=3, history_every=1, batch_size=8, final_steps=2,
-                             input_shape=(6, 6, 2), eval_batch_size=16, tetlo={"aux_channels": (4,), "quadruples": 8})
-    res = darts.differentiable_search("tetlo", data, space, cfg, 0, log=lambda m: None)
+    cfg = DartsConfig(skeleton=TINY.to_dict(), steps=3, history_every=1, batch_size=8,
+                      input_shape=(6, 6, 2), eval_batch_size=16, tetlo={"aux_channels": (4,), "quadruples": 8})
+    fin = FinalConfig(steps=2, eval_batch_size=16)
+    res = tetlo.tetlo_search(data, space, cfg, 0, final=fin, log=lambda m: None)
+    # the registry runs the same search
+    again = SEARCH_METHODS["tetlo"](data, space, SearchSettings(darts=cfg, final=fin), 0, log=lambda m: None)
+    def strip(final):
+        return {k: v for k, v in final.items() if k not in ("wall_s", "compile_s")}
+
+    assert again["genotype"] == res["genotype"] and strip(again["final"]) == strip(res["final"])
     h = res["beta_history"][-1]
     assert {"arch_loss", "aux_val_loss", "main_val_loss", "train_loss", "aux_loss"} <= set(h)
     assert 0 <= res["aux_val_accuracy"] <= 1 and "none" not in res["genotype_short"]
-    with pytest.raises(darts.UserError, match="batch_size >= 4"):
-        tetlo.TetloSteps(*darts.supernet_for_space(space, cfg.skeleton_obj, 2)[:1],
-                         darts.SearchConfig(skeleton=TINY.to_dict(), batch_size=3), 2)
+    with pytest.raises(UserError, match="batch_size >= 4"):
+        tetlo.TetloSteps(*darts.supernet_for_space(space, cfg.skeleton, 2)[:1],
+                         DartsConfig(skeleton=TINY.to_dict(), batch_size=3), 2)

@@ -97,7 +97,7 @@ def _spaces(methods, args, bank, cfg, target) -> dict:
                              closest_fn=closest, log=logger.info) for m in methods}
 
 
-def _search_one(m: str, space, data, fcfg, args, target: str) -> dict:
+def _search_one(m: str, space, data, fcfg, args, target: str, final) -> dict:
     """One FUSE search (checkpointed in ``--out``) or the random baseline."""
     from tanas_jax.search import checkpoint as ckpt
     from tanas_jax.search.fuse import fuse_search
@@ -106,11 +106,11 @@ def _search_one(m: str, space, data, fcfg, args, target: str) -> dict:
 
     logger.info(f"== {m}: space {space.name} ({len(space.ops)} ops: {', '.join(space.ops)}; {space.size()} cells)")
     if m == "random":
-        return random_search(data, space, fcfg, args.seed, log=logger.info)
+        return random_search(data, space, fcfg, args.seed, final=final, log=logger.info)
     ck_dir = os.path.join(args.out, "checkpoints", _slug(m)) if args.out else None
     if ck_dir and args.restart and os.path.exists(ckpt.path(ck_dir)):
         os.unlink(ckpt.path(ck_dir))
-    res = fuse_search(data, space, fcfg, args.seed, checkpoint_dir=ck_dir, log=logger.info)
+    res = fuse_search(data, space, fcfg, args.seed, final=final, checkpoint_dir=ck_dir, log=logger.info)
     if args.out and res["history"]:
         res["alpha_plot"] = plot_alpha(res["history"], os.path.join(args.out, f"alpha_{_slug(m)}.png"),
                                        f"FUSE {target}, space {m}")
@@ -128,12 +128,13 @@ def _row(m: str, space, res: dict) -> dict:
 def _bank_best(runs: dict, bank, target: str, data, fcfg, args) -> str | None:
     """Store the best FUSE winner (by validation accuracy) as the target's genotype; returns its space."""
     from tanas_jax.search.genotype import Genotype
+    from tanas_jax.search.network import get_skeleton
 
     fuse_runs = [(m, r) for m, r in runs.items() if m != "random"]
     if not fuse_runs:
         return None
     m, best = max(fuse_runs, key=lambda mr: mr[1]["final"]["val_accuracy"])
-    meta = {"source": "bin/fuse", "space": m, "seed": args.seed, "skeleton": fcfg.to_dict()["skeleton"],
+    meta = {"source": "bin/fuse", "space": m, "seed": args.seed, "skeleton": get_skeleton(fcfg.skeleton).to_dict(),
             "val_accuracy": best["final"]["val_accuracy"], "test_accuracy": best["final"]["test_accuracy"],
             "params": best["final"]["params"], "data": data.record(), "out": args.out}
     bank.save_genotype(target, Genotype.from_dict(best["winner"]).to_dict(), meta)
@@ -142,13 +143,15 @@ def _bank_best(runs: dict, bank, target: str, data, fcfg, args) -> str | None:
 
 
 def run(argv) -> int:
+    from tanas_jax.config import FuseConfig, from_section, section
     from tanas_jax.pipeline import search_data
-    from tanas_jax.search.fuse import FuseConfig
+    from tanas_jax.search.runtime import enable_compilation_cache
 
     args = build_parser().parse_args(argv)
     progress_from_args(args)
     cfg = config_from_args(args)
-    fcfg = FuseConfig.from_config(cfg.fuse, candidates=args.candidates, rounds=args.rounds)
+    fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds)
+    enable_compilation_cache(fcfg.compilation_cache)
     target = parse_task(args.task)
     check_out_dir(args.out)
     bank = open_bank(args)
@@ -157,7 +160,7 @@ def run(argv) -> int:
     data = search_data(cfg, target)
     logger.info(data.summary())
     t_all = time.perf_counter()
-    runs = {m: _search_one(m, spaces[m], data, fcfg, args, target) for m in methods}
+    runs = {m: _search_one(m, spaces[m], data, fcfg, args, target, section(cfg, "final")) for m in methods}
     rows = [_row(m, spaces[m], runs[m]) for m in methods]
     print()
     table = print_table(rows, COLUMNS)

@@ -79,13 +79,10 @@ def run(argv) -> int:
 
 
 def _search_config(cfg, args):
-    """The method's settings: section ``search.darts`` (its input shape, else ``search.input_shape``)."""
-    from tanas_jax.search.darts import SearchConfig
+    """The method's settings: section ``search.darts``, ``--steps`` overriding its steps."""
+    from tanas_jax.config import DartsConfig, from_section, section
 
-    dsec = cfg.search.darts.to_dict() if "darts" in cfg.search else {}
-    if dsec.get("input_shape") is None:
-        dsec["input_shape"] = tuple(cfg.search.input_shape)
-    return SearchConfig.from_config(dsec, steps=args.steps)
+    return from_section(DartsConfig, section(cfg, "search.darts"), steps=args.steps)
 
 
 def _space(args, cfg, bank, target: str):
@@ -100,9 +97,10 @@ def _space(args, cfg, bank, target: str):
     return resolve_space(spec, bank=bank, target=target, closest_fn=closest, log=logger.info)
 
 
-def _search_seed(method: str, data, space, scfg, seed: int, args) -> dict:
+def _search_seed(method: str, data, space, settings, seed: int, args, final_data) -> dict:
     """One seed's search (checkpointed in ``--out``), its β plot, and a log line."""
-    from tanas_jax.search.darts import differentiable_search, plot_beta_history
+    from tanas_jax.search.darts import plot_beta_history
+    from tanas_jax.search.methods import run_search
 
     ck = None
     if args.out:
@@ -110,8 +108,7 @@ def _search_seed(method: str, data, space, scfg, seed: int, args) -> dict:
         if args.restart and os.path.isdir(ck):
             shutil.rmtree(ck)
         os.makedirs(ck, exist_ok=True)
-    res = differentiable_search(method, data, space, scfg, seed, checkpoint_dir=ck, log=logger.info,
-                                final=not args.no_final)
+    res = run_search(method, data, space, settings, seed, checkpoint_dir=ck, log=logger.info, final_data=final_data)
     if args.out:
         res["beta_plot"] = plot_beta_history(res, os.path.join(args.out, f"beta_{method}_seed{seed}.png"))
     fin = res.get("final") or {}
@@ -150,12 +147,17 @@ def _summary(runs: list[dict]) -> dict:
 
 def run_differentiable(args) -> int:
     """DARTS (1st/2nd order) or TETLO over ``--seeds``: table on stdout, result file, best cell banked."""
+    from tanas_jax.config import section, to_dict
     from tanas_jax.pipeline import search_data
+    from tanas_jax.search.methods import SearchSettings
+    from tanas_jax.search.runtime import enable_compilation_cache
 
     method = args.method
     progress_from_args(args)
     cfg = config_from_args(args)
     scfg = _search_config(cfg, args)
+    enable_compilation_cache(section(cfg, "fuse").compilation_cache)   # also serves the final training
+    settings = SearchSettings(darts=scfg, final=None if args.no_final else section(cfg, "final"))
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     target = parse_task(args.task)
     check_out_dir(args.out)
@@ -163,17 +165,19 @@ def run_differentiable(args) -> int:
     space = _space(args, cfg, bank, target)
     data = search_data(cfg, target, scfg.input_shape)
     logger.info(data.summary())
+    # the derived cell is trained at search.input_shape (FUSE's input), not the supernet's crop
+    final_data = data if tuple(cfg.search.input_shape) == scfg.input_shape else search_data(cfg, target)
     if len(space.structures) > 1:
         logger.info(f"search: space {space.name} has {len(space.structures)} cell structures; the supernet "
                     "searches the first (the closest task's)")
-    runs = [_search_seed(method, data, space, scfg, seed, args) for seed in seeds]
+    runs = [_search_seed(method, data, space, settings, seed, args, final_data) for seed in seeds]
     print()
     print_table([_row(method, r) for r in runs], COLUMNS)
     banked = not args.no_bank_write and cfg.search.get("write_bank", True)
     if banked:
         _bank_best(runs, method, bank, target, space, data)
     write_result(args.out, {"command": "search", "method": method, "task": target, "seeds": seeds,
-                            "data": data.record(), "config": cfg.to_dict(), "settings": scfg.to_dict(),
+                            "data": data.record(), "config": cfg.to_dict(), "settings": to_dict(scfg),
                             "space": space.to_dict(), "runs": runs, "summary": _summary(runs),
                             "bank": bank.root if banked else None})
     return 0

@@ -62,12 +62,14 @@ def run(argv) -> int:
     from tanas_jax.io import json_default
     from tanas_jax.pipeline import run_pipeline
     from tanas_jax.report import COLUMNS, write_report
+    from tanas_jax.search.runtime import enable_compilation_cache
 
     args = build_parser().parse_args(argv)
     progress = progress_from_args(args)
     cfg = pipeline_config(args)
     out = args.out or os.path.join("runs", f"tanas_{cfg.tanas.target}")
     check_out_dir(out)
+    enable_compilation_cache(cfg.fuse.compilation_cache)
     result = run_pipeline(cfg, bank=open_bank(args), out=out, seed=args.seed, baselines=not args.skip_baselines,
                           progress=progress)
     result["provenance"] = provenance.stamp()

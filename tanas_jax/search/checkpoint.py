@@ -1,18 +1,28 @@
-"""Atomic, integrity-checked FUSE / random-search checkpoints.
+"""Atomic, integrity-checked search checkpoints: the one format of FUSE, random search, DARTS, TETLO.
+
+Public API::
+
+    path(directory, name='fuse_checkpoint') -> DIR/<name>.npz
+    save(directory, fp, meta, state=None, name=...) -> path
+    load(directory, fp, name=..., like=None) -> (meta, arrays | state) or None
 
 One file ``DIR/<name>.npz`` holds ``__meta__`` (JSON: format, fingerprint of
-the run's settings, round, seed genotype, history, timings, RNG scheme) and
-the last round's state arrays under their pytree paths (weights, α, Adam
-states, BatchNorm statistics) for inspection.  Resuming needs only the meta:
-every round re-derives its randomness from (seed, round), so the winner of
-the last finished round and the history determine the rest of the run.
+the run's settings, the method's progress -- round or step, history, timings,
+RNG scheme -- and the SHA-256 of that body) and the state's arrays under their
+pytree paths (weights, α/β, optimiser states, BatchNorm statistics).  FUSE
+resumes from the meta alone (every round re-derives its randomness from
+(seed, round)); DARTS/TETLO pass ``like`` (a freshly initialised state) and
+get the saved state back in that tree structure, bit for bit.
 
-Written with :func:`tanas_jax.bank.atomic_write_bytes` (temp file, fsync,
-rename): a crash leaves the previous checkpoint intact.  The meta carries the
-SHA-256 of its own body; a file that fails to parse or to verify raises
-:class:`tanas_jax.errors.CorruptEntryError` and is never used.  A checkpoint
-made with other settings (data, space, config, seed) is refused with a
-:class:`UserError` naming the folder.
+Written with :func:`tanas_jax.io.atomic_write_bytes` (temp file, fsync,
+rename): a crash leaves the previous checkpoint intact.
+
+**One corruption policy.**  A checkpoint is never silently ignored or
+overwritten: a file that fails to parse, to verify its checksum or to match
+the state's structure raises :class:`~tanas_jax.errors.CorruptEntryError`,
+and one made with other settings (data, space, config, method or seed) a
+:class:`~tanas_jax.errors.UserError`; both name the file and say how to start
+over (delete it, or pass ``--restart``).
 """
 from __future__ import annotations
 
@@ -23,27 +33,32 @@ import os
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tanas_jax.io import json_default
 from tanas_jax.errors import CorruptEntryError, UserError
+from tanas_jax.io import atomic_write_bytes, json_default
 
 FORMAT = "tanas-search-checkpoint/1"
+START_OVER = "delete it, or pass --restart, to start over"
 
 
 def path(directory: str, name: str = "fuse_checkpoint") -> str:
     return os.path.join(directory, f"{name}.npz")
 
 
-def save(directory: str, fp: str, meta: dict, state=None, name: str = "fuse_checkpoint") -> str:
-    from tanas_jax.io import atomic_write_bytes
+def _key(kp) -> str:
+    return "state" + jax.tree_util.keystr(kp)
 
+
+def save(directory: str, fp: str, meta: dict, state=None, name: str = "fuse_checkpoint") -> str:
+    """Write ``meta`` (+ fingerprint, format, checksum) and ``state``'s arrays atomically."""
     body = json.dumps({"format": FORMAT, "fingerprint": fp, **meta}, sort_keys=True, default=json_default)
     record = json.dumps({"body": body, "sha256": hashlib.sha256(body.encode()).hexdigest()})
     arrays = {"__meta__": np.frombuffer(record.encode(), np.uint8)}
     if state is not None:
         for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-            arrays["state" + jax.tree_util.keystr(kp)] = np.asarray(leaf)
+            arrays[_key(kp)] = np.asarray(leaf)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     p = path(directory, name)
@@ -51,24 +66,47 @@ def save(directory: str, fp: str, meta: dict, state=None, name: str = "fuse_chec
     return p
 
 
-def load(directory: str, fp: str | None, name: str = "fuse_checkpoint"):
-    """(meta, arrays) or None when there is no checkpoint; checks integrity and settings."""
+def load(directory: str, fp: str | None, name: str = "fuse_checkpoint", like=None):
+    """(meta, arrays) -- or (meta, state) shaped like ``like`` -- or None when there is no
+    checkpoint; refuses damaged and foreign ones (module docstring)."""
     p = path(directory, name)
     if not os.path.exists(p):
         return None
+    meta, arrays = _read(p)
+    if fp is not None and meta.get("fingerprint") != fp:
+        raise UserError(f"checkpoint {p} was made with other settings (data, space, config, method or seed); "
+                        f"use another --out folder, or {START_OVER}")
+    return meta, (arrays if like is None else _restore(p, arrays, like))
+
+
+def _read(p: str) -> tuple[dict, dict]:
     try:
         with np.load(p, allow_pickle=False) as z:
             record = json.loads(bytes(z["__meta__"]).decode())
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptEntryError(f"checkpoint {p} is unreadable ({type(e).__name__}); delete it to start over") from None
-    body = record.get("body", "")
-    if hashlib.sha256(body.encode()).hexdigest() != record.get("sha256"):
-        raise CorruptEntryError(f"checkpoint {p} failed its checksum; delete it to start over")
+        body = record.get("body", "")
+        ok = hashlib.sha256(body.encode()).hexdigest() == record.get("sha256")
+    except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise CorruptEntryError(f"checkpoint {p} is unreadable ({type(e).__name__}); {START_OVER}") from None
+    if not ok:
+        raise CorruptEntryError(f"checkpoint {p} failed its checksum; {START_OVER}")
     meta = json.loads(body)
     if meta.get("format") != FORMAT:
-        raise CorruptEntryError(f"checkpoint {p} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if fp is not None and meta.get("fingerprint") != fp:
-        raise UserError(f"checkpoint {p} was made with other settings (data, space, config or seed); "
-                        "use another --out folder, or delete it (or pass --restart) to start over")
+        raise CorruptEntryError(f"checkpoint {p} has format {meta.get('format')!r}, expected {FORMAT!r}; "
+                                f"{START_OVER}")
     return meta, arrays
+
+
+def _restore(p: str, arrays: dict, like):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = []
+    for kp, ref in flat:
+        a = arrays.get(_key(kp))
+        if a is None or np.shape(a) != np.shape(ref):
+            raise CorruptEntryError(f"checkpoint {p} does not match the search state "
+                                    f"({jax.tree_util.keystr(kp)}); {START_OVER}")
+        leaves.append(jnp.asarray(a, dtype=jnp.asarray(ref).dtype))
+    if len(arrays) != len(flat):
+        raise CorruptEntryError(f"checkpoint {p} holds {len(arrays)} arrays, the search state {len(flat)}; "
+                                f"{START_OVER}")
+    return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tanas_jax.errors import UserError
 
@@ -86,6 +87,11 @@ def canonical_op(name: str, field: str = "op") -> str:
 def _check_structure(nodes, pairs: Sequence[tuple[int, int]], concat, field: str):
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2:
         raise GenotypeError(f"{field}.nodes: must be an integer >= 2, got {nodes!r}")
+    _check_edges(nodes, pairs, field)
+    return _check_concat(nodes, concat, field)
+
+
+def _check_edges(nodes: int, pairs: Sequence[tuple[int, int]], field: str) -> None:
     if len(pairs) == 0:
         raise GenotypeError(f"{field}.edges: a cell needs at least one edge")
     seen = set()
@@ -107,6 +113,9 @@ def _check_structure(nodes, pairs: Sequence[tuple[int, int]], concat, field: str
     for n in range(1, nodes):
         if n not in has_in:
             raise GenotypeError(f"{field}.edges: node {n} has no incoming edge (node count mismatch: nodes={nodes})")
+
+
+def _check_concat(nodes: int, concat, field: str):
     if concat == "edges":
         return "edges"
     if isinstance(concat, str) or not isinstance(concat, (list, tuple)) or len(concat) == 0:
@@ -134,7 +143,7 @@ class CellStructure:
         object.__setattr__(self, "pairs", pairs)
         object.__setattr__(self, "concat", _check_structure(self.nodes, pairs, self.concat, "cell"))
 
-    def with_ops(self, ops: Sequence[str]) -> "Cell":
+    def with_ops(self, ops: Sequence[str]) -> Cell:
         if len(ops) != len(self.pairs):
             raise GenotypeError(f"cell.edges: {len(ops)} ops for {len(self.pairs)} edges")
         return Cell(self.nodes, tuple((s, d, o) for (s, d), o in zip(self.pairs, ops)), self.concat)
@@ -188,7 +197,7 @@ class Cell:
                 "concat": self.concat if self.concat == "edges" else list(self.concat)}
 
     @classmethod
-    def from_dict(cls, d: Any, field: str = "cell") -> "Cell":
+    def from_dict(cls, d: Any, field: str = "cell") -> Cell:
         if not isinstance(d, dict):
             raise GenotypeError(f"{field}: expected an object with nodes/edges/concat, got {type(d).__name__}")
         unknown = set(d) - {"nodes", "edges", "concat"}
@@ -250,7 +259,7 @@ class Genotype:
         return s
 
     @classmethod
-    def from_dict(cls, d: Any, field: str = "genotype") -> "Genotype":
+    def from_dict(cls, d: Any, field: str = "genotype") -> Genotype:
         if not isinstance(d, dict):
             raise GenotypeError(f"{field}: expected a JSON object, got {type(d).__name__}")
         fmt = d.get("format", FORMAT)
@@ -268,7 +277,7 @@ class Genotype:
         return cls(normal, reduce)
 
     @classmethod
-    def from_json(cls, s: str, field: str = "genotype") -> "Genotype":
+    def from_json(cls, s: str, field: str = "genotype") -> Genotype:
         try:
             d = json.loads(s)
         except json.JSONDecodeError as e:

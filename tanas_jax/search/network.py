@@ -9,6 +9,7 @@ Public API (stable; DARTS/TETLO reuse it)::
     init_network(genotype, skeleton, num_classes, rng, input_shape) -> variables
     make_apply(genotype, skeleton, num_classes) -> apply(variables, x) -> logits (eval)
     param_count(variables_or_params) -> int
+    seed_sequence(int | key | uint32 array) -> np.random.SeedSequence
 
 **Skeleton**: ``stem -> cells[0..N-1] -> head``.
 
@@ -34,7 +35,8 @@ plugs in here.  Every edge module is called as ``module(x, train)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,7 +46,7 @@ import numpy as np
 from tanas_jax.errors import UserError
 from tanas_jax.layers import Conv
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
-from tanas_jax.search.ops import BatchNormNoAffine, ReLUConvBN, make_op
+from tanas_jax.search.ops import ReLUConvBN, make_op
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +191,9 @@ def build_network(genotype: Genotype, skeleton: Skeleton | str, num_classes: int
     return CellNetwork(genotype, get_skeleton(skeleton), int(num_classes))
 
 
-def _seed_sequence(rng) -> np.random.SeedSequence:
+def seed_sequence(rng) -> np.random.SeedSequence:
+    """The numpy SeedSequence of an int seed, a JAX key or a uint32 array (the initialisation law of
+    cell networks and the supernet; re-exported by :mod:`tanas_jax.search.runtime`)."""
     if isinstance(rng, (int, np.integer)):
         return np.random.SeedSequence(int(rng))
     data = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
@@ -210,7 +214,7 @@ def init_network(genotype: Genotype, skeleton, num_classes: int, rng, input_shap
     net = build_network(genotype, skeleton, num_classes)
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     shapes = jax.eval_shape(lambda x: net.init(jax.random.PRNGKey(0), x, train=False), x)
-    gen = np.random.Generator(np.random.PCG64(_seed_sequence(rng)))
+    gen = np.random.Generator(np.random.PCG64(seed_sequence(rng)))
     return init_from_shapes(shapes, gen)
 
 
@@ -252,4 +256,4 @@ def param_count(tree) -> int:
     """Number of trainable parameters (``tree['params']`` if given variables)."""
     if isinstance(tree, dict) and "params" in tree:
         tree = tree["params"]
-    return int(sum(int(jnp.size(l)) for l in jax.tree_util.tree_leaves(tree)))
+    return int(sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))

@@ -2,7 +2,7 @@
 
 Public API (reused by DARTS/TETLO, issue 7)::
 
-    make_op(name, C, stride, name_=None) -> flax.linen.Module   # __call__(x, train)
+    make_op(op, C, stride, name=None, depthwise='slices') -> flax.linen.Module   # __call__(x, train)
     OPS (tanas_jax.search.genotype.OPS), PARAMETRIC_OPS
 
 Every op maps ``(B, H, W, C)`` to ``(B, H, W, C)`` with ``stride=1`` and to
@@ -154,23 +154,49 @@ def _depthwise_bwd(k, s, d, res, dy):
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-class DepthwiseConv(nn.Module):
-    """Depthwise kxk conv ('SAME'-style padding (k-1)*d/2), no bias, by slices.
+DEPTHWISE_IMPLS = ("slices", "dense", "grouped")
 
-    Kernel ``(k, k, 1, C)`` as a grouped ``nn.Conv`` with
-    ``feature_group_count=C`` would hold it.  See :func:`depthwise_conv`.
+
+class DepthwiseConv(nn.Module):
+    """Depthwise kxk conv ('SAME'-style padding (k-1)*d/2), no bias; kernel ``(k, k, 1, C)`` (the
+    layout of a grouped ``nn.Conv`` with ``feature_group_count=C``) whatever the ``impl``:
+
+    * ``'slices'`` (default, cell networks): the weighted sum of the k*k shifted
+      slices, :func:`depthwise_conv` -- fast for one op;
+    * ``'dense'`` (the DARTS supernet): ONE ``lax.conv_general_dilated`` with the
+      block-diagonal kernel ``kern ⊗ I_C`` (C times the flops, but Eigen's dense
+      conv: 2-6 ms vs 6-35 ms for the grouped conv for C = 3..8, 20x20, batch 32,
+      fwd+bwd, compile ~0.1 s).  A supernet holding every op of the standard
+      space as slices has thousands of slice ops, and XLA took minutes (3.5 min
+      for one weight step, 2 shared cores) to compile it;
+    * ``'grouped'``: ``lax.conv_general_dilated`` with ``feature_group_count=C``.
+
+    The three have the same parameter and output; tests check they agree.
     """
 
     kernel_size: int
     strides: int = 1
     dilation: int = 1
+    impl: str = "slices"
 
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
         k, s, d = self.kernel_size, self.strides, self.dilation
         kern = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
-        return depthwise_conv(x, kern, k, s, d)
+        if self.impl == "slices":
+            return depthwise_conv(x, kern, k, s, d)
+        if self.impl not in DEPTHWISE_IMPLS:
+            raise ValueError(f"depthwise impl {self.impl!r}; valid: {', '.join(DEPTHWISE_IMPLS)}")
+        kern = kern.astype(x.dtype)
+        pad = (k - 1) * d // 2
+        if self.impl == "dense":
+            kern, groups = kern[:, :, 0, :, None] * jnp.eye(c, dtype=x.dtype), 1
+        else:
+            groups = c
+        return jax.lax.conv_general_dilated(x, kern, (s, s), [(pad, pad), (pad, pad)],
+                                            rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=groups)
 
 
 class Zero(nn.Module):
@@ -227,16 +253,17 @@ class ReLUConvBN(nn.Module):
 
 
 class DilConv(nn.Module):
-    """ReLU -> depthwise kxk (dilation d, stride s) -> 1x1 -> BN."""
+    """ReLU -> depthwise kxk (dilation d, stride s; :class:`DepthwiseConv` ``impl``) -> 1x1 -> BN."""
 
     C: int
     kernel_size: int
     stride: int = 1
     dilation: int = 2
+    depthwise: str = "slices"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = DepthwiseConv(self.kernel_size, self.stride, self.dilation, name="dw")(nn.relu(x))
+        y = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise, name="dw")(nn.relu(x))
         y = nn.Dense(self.C, use_bias=False, name="pw")(y)
         return BatchNormNoAffine(use_running_average=not train, name="bn")(y)
 
@@ -247,11 +274,12 @@ class SepConv(nn.Module):
     C: int
     kernel_size: int
     stride: int = 1
+    depthwise: str = "slices"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = DilConv(self.C, self.kernel_size, self.stride, 1, name="block1")(x, train)
-        return DilConv(self.C, self.kernel_size, 1, 1, name="block2")(x, train)
+        x = DilConv(self.C, self.kernel_size, self.stride, 1, self.depthwise, name="block1")(x, train)
+        return DilConv(self.C, self.kernel_size, 1, 1, self.depthwise, name="block2")(x, train)
 
 
 class Conv7x1_1x7(nn.Module):
@@ -268,10 +296,11 @@ class Conv7x1_1x7(nn.Module):
         return BatchNormNoAffine(use_running_average=not train, name="bn")(y)
 
 
-def make_op(op: str, C: int, stride: int = 1, name: str | None = None) -> nn.Module:
+def make_op(op: str, C: int, stride: int = 1, name: str | None = None, depthwise: str = "slices") -> nn.Module:
     """The op ``op`` (canonical name, see genotype.OPS) for C channels.
 
-    ``stride`` is 1 or 2.  Returns an unbound flax module whose
+    ``stride`` is 1 or 2; ``depthwise`` is the :class:`DepthwiseConv` ``impl`` of
+    the sep/dil convs (same parameters whatever the impl).  Returns an unbound flax module whose
     ``__call__(x, train=False)`` maps NHWC ``C`` channels to ``C`` channels.
     """
     from tanas_jax.search.genotype import canonical_op
@@ -289,9 +318,9 @@ def make_op(op: str, C: int, stride: int = 1, name: str | None = None) -> nn.Mod
     if op == "avg_pool_3x3":
         return Pool("avg", stride, **kw)
     if op.startswith("sep_conv_"):
-        return SepConv(C, int(op[-1]), stride, **kw)
+        return SepConv(C, int(op[-1]), stride, depthwise, **kw)
     if op.startswith("dil_conv_"):
-        return DilConv(C, int(op[-1]), stride, 2, **kw)
+        return DilConv(C, int(op[-1]), stride, 2, depthwise, **kw)
     if op == "conv_7x1_1x7":
         return Conv7x1_1x7(C, stride, **kw)
     raise AssertionError(op)  # every canonical op is handled above

@@ -37,14 +37,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from tanas_jax.errors import UserError
 from tanas_jax.search.genotype import (
-    OPS, CellStructure, Genotype, GenotypeError, authors_cell_structure, check_op_set,
-    load_genotype_file)
+    OPS,
+    CellStructure,
+    Genotype,
+    GenotypeError,
+    authors_cell_structure,
+    check_op_set,
+)
 
 
 def _genotype_dir() -> str:

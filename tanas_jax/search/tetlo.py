@@ -1,5 +1,5 @@
 """TETLO: transferability-encouraging tri-level optimisation (Xie et al., "Improving differentiable
-neural architecture search by encouraging transferability"; ``papers/tetlo_transferability-tri-level.txt``).
+neural architecture search by encouraging transferability").
 
 Public API::
 
@@ -9,9 +9,10 @@ Public API::
     qrs_loss(main_emb, aux_emb, quads, margin, temperature) -> scalar
     sample_quadruples(gen, batch, q) -> int32 (Q, 4)
     TetloSteps(net, cfg, num_classes)             # compiled stage-1 / stage-2 / stage-3 steps
+    tetlo_search(data, space, cfg, seed, **kw) -> dict   # darts.differentiable_search with TetloSteps
 
 The paper's text stops after its introduction; what it states is implemented
-as stated, the rest is our choice (configurable in ``search.tetlo``):
+as stated, the rest is our choice (configurable in ``search.darts.tetlo``):
 
 * **Stage 1** (paper): the main supernet's weights W are trained on the train
   split with the architecture β fixed -- the DARTS weight step
@@ -43,7 +44,7 @@ as stated, the rest is our choice (configurable in ``search.tetlo``):
   validation batch (λ = ``main_weight``; λ = 0 is the pure transferability
   objective, λ > 0 keeps the DARTS objective too) where
 
-  ``W' = W − ξ_W ∇_W L_train(W, β)``  (one unrolled stage-1 step, ξ_W = ``search.unroll_lr``),
+  ``W' = W − ξ_W ∇_W L_train(W, β)``  (one unrolled stage-1 step, ξ_W = ``search.darts.unroll_lr``),
   ``V' = V − ξ_V ∇_V [CE(V) + γ·QRS(V; e_M(W', β))]``  (one unrolled stage-2 step, ξ_V = ``aux_unroll_lr``),
 
   and the β gradient is exact: ``jax.grad`` through both unrolled updates
@@ -61,9 +62,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tanas_jax.config import DartsConfig
+from tanas_jax.errors import UserError
 from tanas_jax.layers import Conv, max_pool_2x2
-from tanas_jax.search.darts import (CompiledSteps, SearchConfig, SuperNetwork, _gen, cross_entropy,
-                                    init_beta, init_supernet, make_optimizer, supernet_loss, unrolled_weights)
+from tanas_jax.search.darts import (
+    SuperNetwork,
+    differentiable_search,
+    init_beta,
+    init_supernet,
+    make_optimizer,
+    supernet_loss,
+    unrolled_weights,
+)
+from tanas_jax.search.runtime import CompiledSteps, accuracy, cross_entropy, rng
 
 
 class AuxCNN(nn.Module):
@@ -110,12 +121,10 @@ def sample_quadruples(gen: np.random.Generator, batch: int, q: int) -> np.ndarra
 class TetloSteps(CompiledSteps):
     """Compiled stage steps; ``state['params'] = {'weights': W, 'aux': V, 'beta': β}``."""
 
-    def __init__(self, net: SuperNetwork, cfg: SearchConfig, num_classes: int):
+    def __init__(self, net: SuperNetwork, cfg: DartsConfig, num_classes: int):
         super().__init__()
-        from tanas_jax.errors import UserError
-
         if cfg.batch_size < 4:
-            raise UserError(f"tetlo needs search.batch_size >= 4 (quadruples of distinct examples), "
+            raise UserError(f"tetlo needs search.darts.batch_size >= 4 (quadruples of distinct examples), "
                             f"got {cfg.batch_size}")
         self.net, self.cfg = net, cfg
         tc = cfg.tetlo
@@ -168,20 +177,20 @@ class TetloSteps(CompiledSteps):
             return {**state, "params": optax.apply_updates(p, upd), "opt": opt}, (loss, av, mv)
 
         self.stage3_loss = stage3_loss
-        self._register("weights", weight_step)
-        self._register("aux", aux_step)
-        self._register("arch", arch_step)
+        self.register("weights", weight_step)
+        self.register("aux", aux_step)
+        self.register("arch", arch_step)
 
     def init_state(self, seed: int, input_shape, structure) -> dict:
         w, bs = init_supernet(self.net, seed, input_shape)
-        beta = init_beta(structure, self.net.ops, self.net.skeleton, _gen(seed, 0), self.cfg.beta_init_std)
+        beta = init_beta(structure, self.net.ops, self.net.skeleton, rng(seed, 0), self.cfg.beta_init_std)
         v = self.aux.init(jax.random.PRNGKey(int(np.random.SeedSequence([seed, 5]).generate_state(1)[0])),
                           jnp.zeros((1, *input_shape), jnp.float32))["params"]
         params = {"weights": w, "aux": v, "beta": beta}
         return {"params": params, "batch_stats": bs, "opt": self.tx.init(params)}
 
     def quads(self, seed: int, s: int, batch: int) -> np.ndarray:
-        return sample_quadruples(_gen(seed, 3, s), batch, self.cfg.tetlo.quadruples)
+        return sample_quadruples(rng(seed, 3, s), batch, self.cfg.tetlo.quadruples)
 
     def step(self, state, s: int, batches, seed: int = 0):
         (xt, yt), (xv, yv) = batches
@@ -195,14 +204,20 @@ class TetloSteps(CompiledSteps):
         return state, losses
 
     def aux_accuracy(self, state, x, y, bs: int) -> float:
+        """Accuracy of the auxiliary model V (padded batches of ``min(bs, n)``)."""
         aux = self.aux
 
         @jax.jit
         def pred(v, xb):
             return aux.apply({"params": v}, xb)[0].argmax(-1)
 
-        correct, n = 0, len(y)
-        bs = min(bs, n)
-        for i in range(0, n, bs):
-            correct += int((np.asarray(pred(state["params"]["aux"], x[i:i + bs])) == y[i:i + bs]).sum())
-        return correct / n
+        return accuracy(lambda xb: pred(state["params"]["aux"], xb), x, y, min(bs, len(y)))
+
+    def extra_results(self, state, data) -> dict:
+        return {"aux_val_accuracy": self.aux_accuracy(state, data.x_val, data.y_val, self.cfg.eval_batch_size)}
+
+
+def tetlo_search(data, space, cfg: DartsConfig, seed: int = 0, **kwargs) -> dict:
+    """TETLO over ``space`` on ``data``: :func:`tanas_jax.search.darts.differentiable_search` with
+    :class:`TetloSteps` (same keyword arguments: final, final_data, checkpoint_dir, log)."""
+    return differentiable_search("tetlo", data, space, cfg, seed, steps_factory=TetloSteps, **kwargs)
