@@ -31,6 +31,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -522,6 +523,8 @@ def main(argv=None) -> int:
                         "install them with benchmarks/install_peers.sh")
     args = p.parse_args(argv)
     peers = select_peers(args.peers)
+    # BackPACK's and Opacus' module hooks fire on the first layer, whose input needs no gradient
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     import jax
 
     from tanas_jax import provenance
