@@ -94,7 +94,7 @@ def _perturb_batch_norm(variables: dict, rng) -> dict:
     bn_paths = {p[:-1] for p, _ in jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]}
     params = jax.tree_util.tree_map_with_path(lambda p, a: draw(p, a) if p[:-1] in bn_paths else a,
                                               variables["params"])
-    return {**variables, "params": params, "batch_stats": stats}
+    return jax.tree_util.tree_map(jax.numpy.asarray, {**variables, "params": params, "batch_stats": stats})
 
 
 def bench_net(net: str, examples: int, microbatch: int, repeats: int, method: str):
