@@ -412,9 +412,11 @@ def prepare_peers(net: str, variables, x, y, ours, microbatch: int, peers: list[
 
     Returns ``(results, fns)``: per peer ``{'rel_error', 'ok'}`` or ``{'reason'}``, and the
     callables to time: ``torch_plain`` (the twin's mean-gradient pass) and every peer that ran
-    (its checked call was its warm-up).  ``({}, {})`` without torch or without peers."""
-    if not peers or importlib.util.find_spec("torch") is None:
+    (its checked call was its warm-up); no callables without torch."""
+    if not peers:
         return {}, {}
+    if importlib.util.find_spec("torch") is None:
+        return {p: {"reason": "torch not installed (benchmarks/install_peers.sh)"} for p in peers}, {}
     import numpy as np
     import torch
 
