@@ -527,6 +527,8 @@ def main(argv=None) -> int:
     peers = select_peers(args.peers)
     # BackPACK's and Opacus' module hooks fire on the first layer, whose input needs no gradient
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    # ... and BackPACK names containers (ResNet blocks) whose parameters live in extended children
+    warnings.filterwarnings("ignore", message="Extension saving to .* does not have an extension for Module")
     import jax
 
     from tanas_jax import provenance
