@@ -4,7 +4,8 @@
 For each net, the same examples go through (a) a jitted mean-gradient pass in microbatches and
 (b) ``fisher_diag`` (fast path by default), alternately, ``--repeats`` times; compile time is
 excluded (one warm-up call each).  Reports seconds (median), examples/s, ``ratio`` = Fisher /
-plain gradient, and peak memory (host RSS high-water mark, or the device's peak bytes).
+plain gradient, and peak memory (host RSS high-water mark, or the device's peak bytes; on the
+host it is the whole process's, so after a net whose torch peers ran it includes theirs).
 
 PyTorch peers (when installed: ``benchmarks/install_peers.sh``) run on a torch twin of each net
 (same layers, same eval-mode BatchNorm) into which the project's weights are copied:
