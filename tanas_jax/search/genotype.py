@@ -4,8 +4,8 @@ A **cell** is a DAG over ``nodes`` nodes numbered ``0 .. nodes-1``:
 
 * node 0 is the cell input (the previous cell's output, brought to ``C``
   channels by a 1x1 ReLU-conv-BN when its channel count differs).  We use
-  *one* input node, as the authors' FUSE cell does (REFERENCE.md "FUSE in the
-  code"), not DARTS' two; with one input a cell is a pure function of the
+  *one* input node, as the authors' FUSE cell does (``docs/authors_code.md``,
+  "FUSE"), not DARTS' two; with one input a cell is a pure function of the
   previous cell and the skeleton stays a simple chain.
 * each edge ``(src, dst, op)`` with ``src < dst`` applies one operation
   (:mod:`tanas_jax.search.ops`) to node ``src``'s output;
