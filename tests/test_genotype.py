@@ -21,14 +21,7 @@ from tanas_jax.search.genotype import (
     authors_cell_structure,
     check_op_set,
 )
-from tanas_jax.search.network import (
-    SKELETONS,
-    Skeleton,
-    get_skeleton,
-    init_network,
-    make_apply,
-    param_count,
-)
+from tanas_jax.search.network import SKELETONS, Skeleton, get_skeleton, init_network, make_apply, param_count
 
 OP_NAMES = list(OPS) + list(OP_ALIASES)
 

@@ -16,12 +16,7 @@ values live in :mod:`tanas_jax.config`; the names below are re-exported from the
 """
 from tanas_jax.config import HEAD_MODES, METRICS, NORMALIZATIONS, REDUCTIONS, SPECTRA  # noqa: F401
 from tanas_jax.distance.frechet import frechet_distance_diag, frechet_distance_full, nuclear_norm  # noqa: F401
-from tanas_jax.distance.logdet import (  # noqa: F401
-    logdet_distance_diag,
-    logdet_distance_eq1_diag,
-    logdet_distance_full,
-    logdet_full,
-)
+from tanas_jax.distance.logdet import logdet_distance_diag, logdet_distance_eq1_diag, logdet_distance_full, logdet_full  # noqa: F401
 from tanas_jax.distance.prepare import align  # noqa: F401
 from tanas_jax.distance.stats import seed_mean_std  # noqa: F401
 from tanas_jax.distance.table import closest_bases, rank_target  # noqa: F401

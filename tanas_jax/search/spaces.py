@@ -42,14 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from tanas_jax.errors import UserError
-from tanas_jax.search.genotype import (
-    OPS,
-    CellStructure,
-    Genotype,
-    GenotypeError,
-    authors_cell_structure,
-    check_op_set,
-)
+from tanas_jax.search.genotype import OPS, CellStructure, Genotype, GenotypeError, authors_cell_structure, check_op_set
 
 
 def _genotype_dir() -> str:
@@ -201,39 +194,9 @@ def resolve_space(spec: str, *, bank=None, target: str | None = None,
     if spec == "standard":
         return standard_space()
     if spec.startswith("ops:"):
-        ops = [o for o in spec[4:].split(",") if o.strip()]
-        try:
-            return SearchSpace(spec, check_op_set([o.strip() for o in ops], "--space ops"),
-                               (authors_cell_structure(),))
-        except GenotypeError as e:
-            raise UserError(str(e)) from None
+        return _ops_space(spec)
     if spec.startswith("from:closest"):
-        rest = spec[len("from:closest"):]
-        k = 1
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit() or int(rest[1:]) < 1:
-                raise UserError(f"--space {spec}: expected from:closest or from:closest:K with K >= 1")
-            k = int(rest[1:])
-        if target is None or closest_fn is None:
-            raise UserError(f"--space {spec} needs a target task and task distances; compute them with "
-                            "`bin/distance` first")
-        ranked = [t for t in closest_fn(target) if t != target]
-        genos, sources, names = [], [], []
-        for t in ranked:
-            try:
-                g, where = genotype_for_task(t, bank, log)
-            except UserError:
-                continue  # base tasks without a genotype are skipped
-            genos.append(g)
-            sources.append(where)
-            names.append(t)
-            if len(genos) == k:
-                break
-        if not genos:
-            raise UserError(f"--space {spec}: none of the ranked base tasks ({', '.join(ranked[:5])}...) has a "
-                            "genotype; run `bin/fuse --task BASE --space standard` for the closest base first")
-        log(f"space: {spec} -> {', '.join(names)}")
-        return space_from_genotypes(f"from:{'+'.join(names)}", genos, sources)
+        return _closest_space(spec, _closest_k(spec), bank, target, closest_fn, log)
     if spec.startswith("from:"):
         task = _canonical_task(spec[5:])
         g, where = genotype_for_task(task, bank, log)
@@ -242,3 +205,46 @@ def resolve_space(spec: str, *, bank=None, target: str | None = None,
         return _space_from_json(spec)
     raise UserError(f"unknown --space '{spec}'; valid: standard, from:TASK, from:closest[:k], ops:a,b,c, "
                     "or a JSON file")
+
+
+def _ops_space(spec: str) -> SearchSpace:
+    """``ops:a,b,c``: the authors' cell structure over the named operations."""
+    ops = [o.strip() for o in spec[4:].split(",") if o.strip()]
+    try:
+        return SearchSpace(spec, check_op_set(ops, "--space ops"), (authors_cell_structure(),))
+    except GenotypeError as e:
+        raise UserError(str(e)) from None
+
+
+def _closest_k(spec: str) -> int:
+    """K of ``from:closest[:K]`` (1 when absent)."""
+    rest = spec[len("from:closest"):]
+    if not rest:
+        return 1
+    if not rest.startswith(":") or not rest[1:].isdigit() or int(rest[1:]) < 1:
+        raise UserError(f"--space {spec}: expected from:closest or from:closest:K with K >= 1")
+    return int(rest[1:])
+
+
+def _closest_space(spec: str, k: int, bank, target, closest_fn, log) -> SearchSpace:
+    """The union of the genotypes of the ``k`` closest base tasks that have one."""
+    if target is None or closest_fn is None:
+        raise UserError(f"--space {spec} needs a target task and task distances; compute them with "
+                        "`bin/distance` first")
+    ranked = [t for t in closest_fn(target) if t != target]
+    genos, sources, names = [], [], []
+    for t in ranked:
+        try:
+            g, where = genotype_for_task(t, bank, log)
+        except UserError:
+            continue  # base tasks without a genotype are skipped
+        genos.append(g)
+        sources.append(where)
+        names.append(t)
+        if len(genos) == k:
+            break
+    if not genos:
+        raise UserError(f"--space {spec}: none of the ranked base tasks ({', '.join(ranked[:5])}...) has a "
+                        "genotype; run `bin/fuse --task BASE --space standard` for the closest base first")
+    log(f"space: {spec} -> {', '.join(names)}")
+    return space_from_genotypes(f"from:{'+'.join(names)}", genos, sources)
