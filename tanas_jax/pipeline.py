@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tanas_jax.config import updated
+from tanas_jax.config import section, updated
 from tanas_jax.errors import UserError
 from tanas_jax.io import json_default
 
@@ -223,11 +223,8 @@ def search_data(cfg, task: str, input_shape: tuple | None = None):
     capped at ``search.max_train``, the rest from section ``data``."""
     from tanas_jax import tasks
 
-    d = cfg.data
-    shape = tuple(input_shape or cfg.search.input_shape)
-    return tasks.load_task_data(task, shape, d.source, split_seed=d.split_seed,
-                                val_fraction=d.val_fraction, max_train=cfg.search.max_train,
-                                max_eval=d.max_eval, normalization=d.normalization, data_dir=d.data_dir)
+    s = section(cfg, "search")
+    return tasks.task_data(task, input_shape or s.input_shape, cfg.data, max_train=s.max_train)
 
 
 def _fingerprint(obj) -> str:

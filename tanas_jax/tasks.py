@@ -322,3 +322,15 @@ def load_task_data(task: str, input_shape: tuple[int, int, int], source: str = "
     return TaskData(task=t.name, dataset=t.dataset, source=raw.source, num_classes=t.num_classes,
                     class_names=t.class_names, x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va,
                     x_test=x_te, y_test=y_te, input_shape=tuple(input_shape), settings=settings)
+
+
+def task_data(task: str, input_shape: tuple[int, int, int], data_cfg, *, max_train: int | None = None) -> TaskData:
+    """:func:`load_task_data` with the settings of config section ``data`` (a
+    :class:`tanas_jax.config.DataConfig` or the ConfigDict section); ``max_train`` (when given)
+    replaces ``data.max_train``, e.g. ``search.max_train`` for a search."""
+    from tanas_jax.config import DataConfig, from_section
+
+    d = data_cfg if isinstance(data_cfg, DataConfig) else from_section(DataConfig, data_cfg, "data")
+    return load_task_data(task, tuple(input_shape), d.source, split_seed=d.split_seed, val_fraction=d.val_fraction,
+                          max_train=d.max_train if max_train is None else max_train, max_eval=d.max_eval,
+                          normalization=d.normalization, data_dir=d.data_dir)

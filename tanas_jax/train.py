@@ -181,7 +181,7 @@ def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=p
     ``cfg`` is the whole config (data + train sections).
     """
     from tanas_jax import provenance
-    from tanas_jax.tasks import canonical, load_task_data
+    from tanas_jax.tasks import canonical, task_data
 
     task = canonical(task)
     net = cfg.train.net
@@ -189,10 +189,7 @@ def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=p
         variables, meta = bank.load_network(task, net, seed)
         return variables, meta
     spec = models.get_net(net)
-    data = load_task_data(task, spec.input_shape, cfg.data.source, split_seed=cfg.data.split_seed,
-                          val_fraction=cfg.data.val_fraction, max_train=cfg.data.max_train,
-                          max_eval=cfg.data.max_eval, normalization=cfg.data.normalization,
-                          data_dir=cfg.data.data_dir)
+    data = task_data(task, spec.input_shape, cfg.data)
     log(data.summary())
     variables, metrics = train_network(data, net, cfg.train, seed, progress=progress)
     meta = {"num_classes": data.num_classes, "class_names": list(data.class_names),

@@ -106,13 +106,9 @@ class FisherStore:
     def data(self, task: str, full: bool = False):
         """``(x, y, task_data)``: the first ``examples`` (``full_examples`` when ``full``) of the split."""
         if task not in self._data:
-            from tanas_jax.tasks import load_task_data
+            from tanas_jax.tasks import task_data
 
-            c = self.data_cfg
-            self._data[task] = load_task_data(task, self.spec.input_shape, c.source, split_seed=c.split_seed,
-                                              val_fraction=c.val_fraction, max_train=c.max_train,
-                                              max_eval=c.max_eval, normalization=c.normalization,
-                                              data_dir=c.data_dir)
+            self._data[task] = task_data(task, self.spec.input_shape, self.data_cfg)
         d = self._data[task]
         split = self.fisher_cfg.split
         x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")

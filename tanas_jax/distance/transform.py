@@ -588,12 +588,11 @@ class _TargetData:
         """``(task_data, x_fit, y_fit, x_check, y_check)``: B's train split to fit, val split to check."""
         if self._sets is None:
             from tanas_jax import models
-            from tanas_jax.tasks import load_task_data
+            from tanas_jax.tasks import task_data
 
-            c, tc = self.run.data_cfg, self.run.tcfg
-            data = load_task_data(self.task, models.get_net(self.run.net).input_shape, self.run.source,
-                                  split_seed=c.split_seed, val_fraction=c.val_fraction, max_train=c.max_train,
-                                  max_eval=c.max_eval, normalization=c.normalization, data_dir=c.data_dir)
+            tc = self.run.tcfg
+            data = task_data(self.task, models.get_net(self.run.net).input_shape,
+                             dataclasses.replace(self.run.data_cfg, source=self.run.source))
             x_fit = data.x_train[: tc.max_train] if tc.max_train else data.x_train
             x_chk = data.x_val[: tc.max_val] if tc.max_val else data.x_val
             self._sets = (data, x_fit, data.y_train[: len(x_fit)], x_chk, data.y_val[: len(x_chk)])
