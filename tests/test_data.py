@@ -123,9 +123,11 @@ def test_tfds_source_with_mock_data():
         assert ds.train_images.shape == (24, 28, 28, 1) and ds.train_images.dtype == np.uint8
         cifar = load_dataset("cifar10", "auto")   # auto picks the (mock-)prepared tfds copy first
         assert cifar.source == "tfds:cifar10" and cifar.train_images.shape[1:] == (32, 32, 3)
-    # outside the mock, nothing leaks from the cache
+    # outside the mock, nothing leaks from the cache (neither for 'tfds' nor for 'auto')
     with pytest.raises(UserError, match="cifar10"):
         load_dataset("cifar10", "tfds")
+    with pytest.raises(UserError, match="cifar10"):
+        load_dataset("cifar10", "auto")
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):

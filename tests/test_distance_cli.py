@@ -149,7 +149,7 @@ def test_incompatible_networks_are_one_line(tiny, tmp_path, capsys):
     from tanas_jax.cli.fisher import main
 
     assert main(["--task", "mnist_digit0", "--examples", "0", "--bank", str(tmp_path / "b2"), *TINY]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["error: fisher.examples: must be >= 1, got 0"]
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --examples must be positive, got 0"]
     assert not os.path.exists(tmp_path / "b2" / "tasks")
 
 

@@ -233,7 +233,9 @@ def _tfds_tag():
         tfds = sys.modules.get("tensorflow_datasets")
         if tfds is None:
             return None
-        return id(tfds.data_source)
+        builder = tfds.core.DatasetBuilder
+        # mock_data patches the builder's methods, not tfds.data_source itself
+        return (id(tfds.data_source), id(builder.__init__), id(getattr(builder, "as_data_source", None)))
     except Exception:  # noqa: BLE001
         return None
 
