@@ -186,13 +186,9 @@ def init_distributed(args) -> None:
     """Start JAX's multi-host runtime when ``--distributed`` is given (before any computation)."""
     if not getattr(args, "distributed", False):
         return
-    import jax
+    from tanas_jax.distributed import initialize
 
-    try:
-        jax.distributed.initialize()
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"--distributed: jax.distributed.initialize() failed ({e}); set "
-                        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host") from None
+    initialize()
 
 
 def config_from_args(args):
