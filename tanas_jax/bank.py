@@ -141,8 +141,6 @@ def read_record(path: str, fix: str = "delete it and recompute") -> dict:
     return rec
 
 
-read_meta = read_record   # the name earlier callers used
-
 
 class IncompleteEntryError(CorruptEntryError):
     """A bank entry with one of its two parts (tensors, metadata) missing."""
