@@ -141,7 +141,6 @@ def read_record(path: str, fix: str = "delete it and recompute") -> dict:
     return rec
 
 
-
 class IncompleteEntryError(CorruptEntryError):
     """A bank entry with one of its two parts (tensors, metadata) missing."""
 
