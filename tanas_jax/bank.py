@@ -4,9 +4,10 @@ Layout (``--bank DIR``, default ``$TANAS_BANK`` or ``./bank``)::
 
     DIR/BANK.json                                   format marker
     DIR/tasks/<task>/networks/<net>-seed<S>.safetensors   params (+ batch stats)
-    DIR/tasks/<task>/networks/<net>-seed<S>.json          metadata + sha256 of the tensors
+    DIR/tasks/<task>/networks/<net>-seed<S>.json          metadata, sha256 of the tensors, record checksum
     DIR/tasks/<task>/artifacts/<kind>/<key>.{safetensors,json}   e.g. Fishers, caches
-    DIR/tasks/<task>/genotype.json                  searched cell genotype + metadata
+    DIR/tasks/<task>/genotype.json                  searched cell genotype + metadata, record checksum
+    DIR/.locks/...                                  one lock file per entry (writers hold it)
 
 Derived artifacts (Fishers, spectra, transform distances) go through :meth:`Bank.cached`: the
 caller describes every input of the computation as JSON-able data, the key is a readable prefix
@@ -17,29 +18,45 @@ to load from a shared bank), readable from PyTorch and numpy alike, and a
 plain file can be written atomically.  (Orbax writes directories, fine for
 sharded multi-host checkpoints but more than a bank of small nets needs.)
 
-Every write is atomic: the tensors go to a temp file in the same folder,
-fsync, rename; the JSON (which holds the tensors' sha256) is written last the
-same way, so it is the commit marker.  Every read checks the checksum; a
-missing, truncated or altered entry raises :class:`CorruptEntryError` naming
-the path, and is never used.
+Integrity.  Every write is atomic: the tensors go to a temp file in the same
+folder, fsync, rename; the JSON is written last the same way, so it is the
+commit marker.  The JSON holds the tensors' sha256 *and* ``record_sha256``, the
+sha256 of the whole JSON record but that field (metadata such as test accuracy,
+ε reached, net, class count are covered, not only the tensors).  Every read
+checks both.  An entry that is missing a part is *incomplete*; one that fails a
+check, is not a JSON object, or predates the record checksum (format v1, whose
+metadata cannot be verified) is *damaged*.  Either is refused with its path and
+the command that removes (``bin/bank rm``) or rebuilds it (``bin/train
+--retrain``, ``--recompute``); nothing is rebuilt or overwritten silently.
+
+Writers take a per-entry file lock (``filelock``; files under ``DIR/.locks``):
+a second process that wants the same entry waits for the first and then reuses
+what it wrote.  A bank that cannot be written is refused before any work
+(:meth:`Bank.check_writable`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+import shlex
+import shutil
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from tanas_jax.errors import CorruptEntryError, UserError
-from tanas_jax.io import atomic_write_bytes, atomic_write_json
+from tanas_jax.io import atomic_write_bytes, atomic_write_json, json_default
 
-FORMAT = "tanas_jax-bank-v1"
+FORMAT = "tanas_jax-bank-v2"
+RECORD_KEY = "record_sha256"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 _LIST_KEY = re.compile(r"^\[(\d+)\]$")
+_NETWORK_FILE = re.compile(r"^(.+)-seed(\d+)$")
+TENSORS, META = ".safetensors", ".json"
 
 
 def default_bank_dir() -> str:
@@ -87,58 +104,100 @@ def unflatten_tree(flat: dict[str, np.ndarray]) -> Any:
     return fix(root)
 
 
+# --- sealed JSON records --------------------------------------------------------------------
+def record_digest(record: dict) -> str:
+    """sha256 of a JSON record without its ``record_sha256`` field (keys sorted, compact)."""
+    body = {k: v for k, v in record.items() if k != RECORD_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal(record: dict) -> dict:
+    """``record`` as JSON will read it back (numpy values as numbers, tuples as lists), with the
+    bank format and ``record_sha256`` added."""
+    rec = json.loads(json.dumps(dict(record, format=FORMAT), default=json_default))
+    rec[RECORD_KEY] = record_digest(rec)
+    return rec
+
+
+def read_record(path: str, fix: str = "delete it and recompute") -> dict:
+    """The sealed JSON record at ``path``; :class:`CorruptEntryError` (naming the path and ``fix``) when it
+    is unreadable, not a JSON object, written before the record checksum, or fails it."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise CorruptEntryError(f"bank entry {path} is damaged (unreadable JSON: {e}); {fix}") from None
+    if not isinstance(rec, dict):
+        raise CorruptEntryError(f"bank entry {path} is damaged (its JSON is a {type(rec).__name__}, not an "
+                                f"object); {fix}")
+    if RECORD_KEY not in rec:
+        raise CorruptEntryError(f"bank entry {path} has no record checksum (written by bank format v1, whose "
+                                f"metadata cannot be verified); {fix}")
+    if rec[RECORD_KEY] != record_digest(rec):
+        raise CorruptEntryError(f"bank entry {path} is damaged (its metadata failed the record checksum: "
+                                f"edited or truncated); {fix}")
+    return rec
+
+
+class IncompleteEntryError(CorruptEntryError):
+    """A bank entry with one of its two parts (tensors, metadata) missing."""
+
+
+# --- tensor entries ---------------------------------------------------------------------------
+def meta_path(tensor_path: str) -> str:
+    """The metadata JSON beside a tensor file."""
+    return tensor_path[: -len(TENSORS)] + META
+
+
 def save_tensors(path: str, tree: Any, meta: dict) -> dict:
-    """Atomically write ``tree`` as safetensors at ``path`` and ``meta`` (+ checksum) beside it."""
+    """Atomically write ``tree`` as safetensors at ``path`` and ``meta`` (sealed) beside it; returns the
+    metadata as stored."""
     from safetensors.numpy import save
 
     flat = flatten_tree(tree)
     data = save(flat) if flat else save({"__empty__": np.zeros((0,), np.float32)})
     atomic_write_bytes(path, data)
-    meta = dict(meta)
-    meta["sha256"] = hashlib.sha256(data).hexdigest()
-    meta["n_tensors"] = len(flat)
-    meta["n_values"] = int(sum(v.size for v in flat.values()))
-    atomic_write_json(_meta_path(path), meta)
+    meta = seal(dict(meta, sha256=hashlib.sha256(data).hexdigest(), n_tensors=len(flat),
+                     n_values=int(sum(v.size for v in flat.values()))))
+    atomic_write_json(meta_path(path), meta)
     return meta
 
 
-def _meta_path(tensor_path: str) -> str:
-    return tensor_path[: -len(".safetensors")] + ".json"
+def missing_part(path: str) -> str | None:
+    """Which part of the tensor entry at ``path`` is missing ('tensor file' / 'metadata file'), None
+    when both or neither are there."""
+    has_t, has_m = os.path.exists(path), os.path.exists(meta_path(path))
+    if has_t == has_m:
+        return None
+    return "metadata file " + meta_path(path) if has_t else "tensor file " + path
 
 
-def read_meta(path_json: str) -> dict:
-    try:
-        with open(path_json) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as e:
-        raise CorruptEntryError(f"bank entry {path_json} is corrupt (unreadable JSON: {e}); "
-                                "delete it and recompute") from None
+def load_tensors(path: str, fix: str = "delete it and recompute") -> tuple[Any, dict]:
+    """Read a tensor entry written by :func:`save_tensors`, verifying both checksums.
 
-
-def load_tensors(path: str) -> tuple[Any, dict]:
-    """Read a tensor file written by :func:`save_tensors`, verifying its checksum."""
+    An incomplete or damaged entry raises :class:`CorruptEntryError` naming ``path`` and ``fix``."""
     from safetensors.numpy import load
 
-    meta_path = _meta_path(path)
-    if not os.path.exists(meta_path):
-        raise CorruptEntryError(f"bank entry {path} has no metadata file {meta_path} "
-                                "(interrupted write?); delete it and recompute")
-    meta = read_meta(meta_path)
+    missing = missing_part(path)
+    if missing or not os.path.exists(path):
+        what = f"{missing} is" if missing else "tensor and metadata files are"
+        raise IncompleteEntryError(f"bank entry {path} is incomplete: its {what} missing (interrupted write or "
+                                   f"deleted file); {fix}")
+    meta = read_record(meta_path(path), fix)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise CorruptEntryError(f"bank entry {path} cannot be read ({e.strerror}); delete it and "
-                                "recompute") from None
+        raise CorruptEntryError(f"bank entry {path} cannot be read ({e.strerror}); {fix}") from None
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise CorruptEntryError(f"bank entry {path} failed its checksum (truncated or altered); "
-                                "delete it and recompute")
+        raise CorruptEntryError(f"bank entry {path} is damaged (its tensors failed their checksum: truncated "
+                                f"or altered); {fix}")
     try:
         flat = load(data)
     except Exception as e:  # noqa: BLE001 - a malformed file is a corrupt entry
-        raise CorruptEntryError(f"bank entry {path} is not a valid safetensors file ({e})") from None
+        raise CorruptEntryError(f"bank entry {path} is damaged (not a valid safetensors file: {e}); {fix}") from None
     flat.pop("__empty__", None)
     return unflatten_tree(flat), meta
 
@@ -154,9 +213,30 @@ def inputs_digest(inputs: Any, chars: int = 20) -> str:
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not _SAFE.match(name or ""):
+    if not isinstance(name, str) or not _SAFE.match(name):
         raise UserError(f"invalid {kind} '{name}': use letters, digits, '.', '_', '-', '=', '+'")
     return name
+
+
+def _check_finite(tree: Any, what: str) -> None:
+    """A network with a NaN or infinite weight is never banked."""
+    bad = [k for k, v in flatten_tree(tree).items()
+           if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{what} has non-finite values in {', '.join(bad[:3])}; it is not banked "
+                        "(training diverged: lower train.learning_rate)")
+
+
+def _stems(folder: str) -> list[str]:
+    """Names (without extension) of the tensor entries in ``folder``, complete or not."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted({f[: -len(ext)] for f in os.listdir(folder) for ext in (TENSORS, META)
+                   if f.endswith(ext) and not f.startswith(".") and _SAFE.match(f[: -len(ext)])})
+
+
+def _q(s: str) -> str:
+    return shlex.quote(str(s))
 
 
 class Bank:
@@ -176,44 +256,107 @@ class Bank:
 
     def network_path(self, task: str, net: str, seed: int) -> str:
         return os.path.join(self.task_dir(task), "networks",
-                            f"{_check_name('net', net)}-seed{int(seed)}.safetensors")
+                            f"{_check_name('net', net)}-seed{int(seed)}{TENSORS}")
 
     def artifact_path(self, task: str, kind: str, key: str) -> str:
         return os.path.join(self.task_dir(task), "artifacts", _check_name("artifact kind", kind),
-                            _check_name("artifact key", key) + ".safetensors")
+                            _check_name("artifact key", key) + TENSORS)
 
     def genotype_path(self, task: str) -> str:
         return os.path.join(self.task_dir(task), "genotype.json")
 
+    # the commands that remove or rebuild an entry (named in every refusal)
+    def network_fix(self, task: str, net: str, seed: int) -> str:
+        return (f"remove it with `bin/bank rm {_q(task)} --net {_q(net)} --seed {int(seed)} --bank {_q(self.root)}` "
+                f"or retrain it with `bin/train --task {_q(task)} --net {_q(net)} --seed {int(seed)} --retrain "
+                f"--bank {_q(self.root)}`")
+
+    def artifact_fix(self, task: str, kind: str, key: str) -> str:
+        return (f"remove it with `bin/bank rm {_q(task)} --artifact {_q(kind + '/' + key)} --bank {_q(self.root)}` "
+                "or rerun the command that made it with --recompute")
+
+    def genotype_fix(self, task: str) -> str:
+        return (f"remove it with `bin/bank rm {_q(task)} --genotype --bank {_q(self.root)}` and search again "
+                f"(bin/fuse or bin/search --task {_q(task)})")
+
+    # writing: permission check and per-entry lock
+    def check_writable(self, path: str) -> None:
+        """A :class:`UserError` naming the folder when ``path`` (a file in this bank) cannot be written;
+        called before any work whose result would be banked."""
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.lexists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            raise UserError(f"cannot write to the bank {self.root}: {folder} is not a folder; remove it or "
+                            "choose another --bank")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to the bank {self.root}: the folder {folder} is read-only; choose a "
+                            "writable --bank or fix its permissions")
+
+    def lock_path(self, path: str) -> str:
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        return os.path.join(self.root, ".locks", os.path.splitext(rel)[0] + ".lock")
+
+    @contextlib.contextmanager
+    def lock(self, path: str, log: Callable[[str], Any] | None = None) -> Iterator[None]:
+        """Hold the writer lock of the entry at ``path`` (re-entrant in one process); waits for another
+        process holding it."""
+        from filelock import FileLock, Timeout
+
+        lp = self.lock_path(path)
+        self.check_writable(path)
+        self.check_writable(lp)
+        lock = FileLock(lp, is_singleton=True)
+        try:
+            try:
+                lock.acquire(timeout=0.5)
+            except Timeout:
+                (log or (lambda m: None))(f"waiting for another process writing {path}")
+                lock.acquire()
+        except OSError as e:
+            raise UserError(f"cannot lock {lp} in the bank {self.root}: {e.strerror}; choose a writable --bank "
+                            "or fix its permissions") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     # networks
     def save_network(self, task: str, net: str, seed: int, variables: Any, meta: dict) -> dict:
+        """Bank a trained network (refused when a weight is NaN or infinite); returns the metadata as stored."""
+        path = self.network_path(task, net, seed)
+        _check_finite(variables, f"network {net} for task {task} seed {seed}")
         meta = dict(meta, task=task, net=net, seed=int(seed), entry="network")
-        return save_tensors(self.network_path(task, net, seed), variables, meta)
+        with self.lock(path):
+            return save_tensors(path, variables, meta)
 
     def has_network(self, task: str, net: str, seed: int) -> bool:
+        """Both parts of the entry are there (it may still be damaged: loading checks)."""
         p = self.network_path(task, net, seed)
-        return os.path.exists(p) and os.path.exists(_meta_path(p))
+        return os.path.exists(p) and os.path.exists(meta_path(p))
+
+    def find_network(self, task: str, net: str, seed: int) -> tuple[Any, dict] | None:
+        """``(variables, meta)`` of the banked network, None when the bank has no part of it; an
+        incomplete or damaged entry raises :class:`CorruptEntryError` saying how to remove or retrain it."""
+        p = self.network_path(task, net, seed)
+        if not os.path.exists(p) and not os.path.exists(meta_path(p)):
+            return None
+        return load_tensors(p, self.network_fix(task, net, seed))
 
     def load_network(self, task: str, net: str, seed: int) -> tuple[Any, dict]:
-        p = self.network_path(task, net, seed)
-        if not os.path.exists(p) and not os.path.exists(_meta_path(p)):
+        found = self.find_network(task, net, seed)
+        if found is None:
             raise UserError(f"the bank {self.root} has no {net} network for task {task} seed {seed}; "
                             f"train it with `bin/train --task {task} --net {net} --seed {seed} "
                             f"--bank {self.root}`")
-        if not os.path.exists(p):
-            raise CorruptEntryError(f"bank entry {p} is missing its tensor file; delete "
-                                    f"{_meta_path(p)} and retrain")
-        return load_tensors(p)
+        return found
 
     def network_entries(self, task: str | None = None) -> list[tuple[str, str, int]]:
-        """(task, net, seed) of every network entry with metadata."""
+        """(task, net, seed) of every network entry with at least one of its parts."""
         out = []
         for t in [task] if task else self.tasks():
-            d = os.path.join(self.task_dir(t), "networks")
-            if not os.path.isdir(d):
-                continue
-            for f in sorted(os.listdir(d)):
-                m = re.match(r"^(.+)-seed(\d+)\.json$", f)
+            for stem in _stems(os.path.join(self.task_dir(t), "networks")):
+                m = _NETWORK_FILE.match(stem)
                 if m:
                     out.append((t, m.group(1), int(m.group(2))))
         return out
@@ -223,15 +366,23 @@ class Bank:
 
     # artifacts
     def save_artifact(self, task: str, kind: str, key: str, tree: Any, meta: dict) -> dict:
+        path = self.artifact_path(task, kind, key)
         meta = dict(meta, task=task, kind=kind, key=key, entry="artifact")
-        return save_tensors(self.artifact_path(task, kind, key), tree, meta)
+        with self.lock(path):
+            return save_tensors(path, tree, meta)
 
     def load_artifact(self, task: str, kind: str, key: str) -> tuple[Any, dict] | None:
-        """The stored artifact, or None when absent.  Corrupt entries raise."""
+        """The stored artifact, or None when absent.  Incomplete or damaged entries raise."""
         p = self.artifact_path(task, kind, key)
-        if not os.path.exists(p) and not os.path.exists(_meta_path(p)):
+        if not os.path.exists(p) and not os.path.exists(meta_path(p)):
             return None
-        return load_tensors(p)
+        return load_tensors(p, self.artifact_fix(task, kind, key))
+
+    def artifact_entries(self, task: str) -> list[tuple[str, str]]:
+        """(kind, key) of every artifact of ``task`` with at least one of its parts."""
+        d = os.path.join(self.task_dir(task), "artifacts")
+        kinds = sorted(k for k in os.listdir(d) if _SAFE.match(k)) if os.path.isdir(d) else []
+        return [(k, key) for k in kinds for key in _stems(os.path.join(d, k))]
 
     def cached(self, task: str, kind: str, inputs: dict, compute: Callable[[], tuple[Any, dict]], *,
                key_prefix: str = "", digest_chars: int = 20, recompute: bool = False) -> tuple[Any, dict, bool]:
@@ -241,70 +392,121 @@ class Bank:
         ``recompute``) the stored tree and metadata are returned; otherwise ``compute()`` gives
         ``(tree, meta)``, which is stored under the key and returned as computed (the stored
         metadata also holds the bank's own fields: task, kind, key, sha256, ...).  ``inputs``
-        must name everything the result depends on; a corrupt entry raises, it is never used.
+        must name everything the result depends on; an incomplete or damaged entry raises, it is
+        never used nor overwritten (``recompute`` replaces it).  The computation runs under the
+        entry's lock: a concurrent process wanting the same artifact waits, then reuses it.
         """
         key = key_prefix + inputs_digest(inputs, digest_chars)
-        if not recompute:
-            hit = self.load_artifact(task, kind, key)
-            if hit is not None:
+        path = self.artifact_path(task, kind, key)
+        if not recompute and (hit := self.load_artifact(task, kind, key)) is not None:
+            return hit[0], hit[1], True
+        self.check_writable(path)
+        with self.lock(path):
+            if not recompute and (hit := self.load_artifact(task, kind, key)) is not None:
                 return hit[0], hit[1], True
-        tree, meta = compute()
-        self.save_artifact(task, kind, key, tree, meta)
+            tree, meta = compute()
+            self.save_artifact(task, kind, key, tree, meta)
         return tree, meta, False
 
     # genotypes
     def save_genotype(self, task: str, genotype: dict, meta: dict) -> None:
-        body = json.dumps(genotype, sort_keys=True)
-        record = {"task": task, "genotype": genotype, "meta": meta,
-                  "sha256": hashlib.sha256(body.encode()).hexdigest(), "entry": "genotype"}
-        atomic_write_json(self.genotype_path(task), record)
+        path = self.genotype_path(task)
+        with self.lock(path):
+            atomic_write_json(path, seal({"task": task, "genotype": genotype, "meta": meta, "entry": "genotype"}))
 
     def load_genotype(self, task: str) -> tuple[dict, dict] | None:
+        """``(genotype, meta)``, None when the task has none; a damaged record raises."""
         p = self.genotype_path(task)
-        if not os.path.exists(p):
+        if not os.path.lexists(p):
             return None
-        rec = read_meta(p)
-        body = json.dumps(rec.get("genotype"), sort_keys=True)
-        if hashlib.sha256(body.encode()).hexdigest() != rec.get("sha256"):
-            raise CorruptEntryError(f"bank entry {p} failed its checksum; delete it and search again")
+        fix = self.genotype_fix(task)
+        rec = read_record(p, fix)
+        if not isinstance(rec.get("genotype"), dict) or not isinstance(rec.get("meta", {}), dict):
+            raise CorruptEntryError(f"bank entry {p} is damaged (no genotype object); {fix}")
         return rec["genotype"], rec.get("meta", {})
+
+    # removal (bin/bank rm)
+    def remove_network(self, task: str, net: str, seed: int) -> list[str]:
+        return self._remove_parts(self.network_path(task, net, seed))
+
+    def remove_artifact(self, task: str, kind: str, key: str) -> list[str]:
+        return self._remove_parts(self.artifact_path(task, kind, key))
+
+    def remove_genotype(self, task: str) -> list[str]:
+        p = self.genotype_path(task)
+        if not os.path.lexists(p):
+            return []
+        with self.lock(p):
+            return _unlink([p])
+
+    def remove_task(self, task: str) -> list[str]:
+        """Every entry of ``task`` (each under its lock), then the task's folder."""
+        removed = [p for _, n, s in self.network_entries(task) for p in self.remove_network(task, n, s)]
+        removed += [p for k, key in self.artifact_entries(task) for p in self.remove_artifact(task, k, key)]
+        removed += self.remove_genotype(task)
+        d = self.task_dir(task)
+        for dirpath, _, files in os.walk(d):
+            removed += [os.path.join(dirpath, f) for f in sorted(files)]
+        shutil.rmtree(d, ignore_errors=True)
+        return removed
+
+    def _remove_parts(self, path: str) -> list[str]:
+        with self.lock(path):
+            return _unlink([path, meta_path(path)])   # tensors first: the JSON is the commit marker
 
     # listing / integrity
     def tasks(self) -> list[str]:
         d = os.path.join(self.root, "tasks")
-        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+        return sorted(t for t in os.listdir(d) if _SAFE.match(t)) if os.path.isdir(d) else []
 
-    def verify(self) -> list[dict]:
-        """Check every entry; returns one record per entry with 'ok' and, if not, 'error'."""
-        records = (self._verify_file(t, path) for t, path in self._entry_files())
-        return [r for r in records if r is not None]
+    def verify(self, task: str | None = None) -> list[dict]:
+        """The health of every entry (of ``task``, or all): one record each with ``entry`` (network,
+        artifact, genotype, temp), ``path``, ``health`` ('ok', 'incomplete', 'damaged'), ``ok`` and, when
+        not ok, ``error`` (why, with the command that removes or rebuilds it)."""
+        out = []
+        for t in [task] if task else self.tasks():
+            out += [self.network_health(t, n, s) for _, n, s in self.network_entries(t)]
+            out += [self._artifact_health(t, k, key) for k, key in self.artifact_entries(t)]
+            if os.path.lexists(self.genotype_path(t)):
+                out.append(_health({"entry": "genotype", "task": t, "path": self.genotype_path(t)},
+                                   lambda t=t: self.load_genotype(t)))
+            out += [{"entry": "temp", "task": t, "path": p, "health": "damaged", "ok": False,
+                     "error": f"leftover temp file of an interrupted write; delete it (rm {_q(p)})"}
+                    for p in self._temp_files(t)]
+        return out
 
-    def _entry_files(self):
-        """``(task, path)`` of every file under every task folder, in a stable order."""
-        for t in self.tasks():
-            for dirpath, _, files in os.walk(self.task_dir(t)):
-                for f in sorted(files):
-                    yield t, os.path.join(dirpath, f)
+    def network_health(self, task: str, net: str, seed: int) -> dict:
+        rec = {"entry": "network", "task": task, "net": net, "seed": seed, "path": self.network_path(task, net, seed)}
+        return _health(rec, lambda: self.find_network(task, net, seed))
 
-    def _verify_file(self, task: str, path: str) -> dict | None:
-        """The verify record of one file (None for files checked with their partner or not ours)."""
-        f = os.path.basename(path)
-        if f.startswith(".tmp-"):
-            return {"path": path, "ok": False, "error": "leftover temp file of an interrupted write"}
+    def _artifact_health(self, task: str, kind: str, key: str) -> dict:
+        rec = {"entry": "artifact", "task": task, "kind": kind, "key": key,
+               "path": self.artifact_path(task, kind, key)}
+        return _health(rec, lambda: self.load_artifact(task, kind, key))
+
+    def _temp_files(self, task: str) -> list[str]:
+        return [os.path.join(dirpath, f) for dirpath, _, files in os.walk(self.task_dir(task))
+                for f in sorted(files) if f.startswith(".tmp-")]
+
+
+def _health(rec: dict, load: Callable[[], Any]) -> dict:
+    """``rec`` with its health from trying ``load()``."""
+    try:
+        load()
+    except CorruptEntryError as e:
+        health = "incomplete" if isinstance(e, IncompleteEntryError) else "damaged"
+        return dict(rec, health=health, ok=False, error=str(e))
+    return dict(rec, health="ok", ok=True)
+
+
+def _unlink(paths: list[str]) -> list[str]:
+    removed = []
+    for p in paths:
         try:
-            if f == "genotype.json":
-                self.load_genotype(task)
-            elif f.endswith(".json"):
-                tp = path[: -len(".json")] + ".safetensors"
-                if not os.path.exists(tp):
-                    raise CorruptEntryError(f"bank entry {path} has no tensor file {tp}")
-                load_tensors(tp)
-            elif f.endswith(".safetensors"):
-                if not os.path.exists(_meta_path(path)):
-                    raise CorruptEntryError(f"bank entry {path} has no metadata file")
-                return None  # checked with its JSON
-            else:
-                return None
-        except CorruptEntryError as e:
-            return {"path": path, "ok": False, "error": str(e)}
-        return {"path": path, "ok": True}
+            os.unlink(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UserError(f"cannot remove {p}: {e.strerror}") from None
+    return removed

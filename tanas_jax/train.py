@@ -104,6 +104,7 @@ def train_network(data, net: str, cfg, seed: int, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
+    check_epochs(cfg)
     spec = models.get_net(net)
     if tuple(data.input_shape) != spec.input_shape:
         raise UserError(f"data prepared for input {data.input_shape} but net {net} wants {spec.input_shape}")
@@ -164,7 +165,39 @@ def train_network(data, net: str, cfg, seed: int, progress: bool = True,
         "wall_s": wall, "compile_s": compile_s or 0.0, "history": history,
         "n_params": models.param_count(params),
     }
+    check_contract(variables, metrics, f"{net} on {data.task} seed {seed}")
     return variables, metrics
+
+
+def check_epochs(train_cfg) -> None:
+    """The training contract starts with at least one epoch: an untrained network is never banked."""
+    epochs = train_cfg.epochs
+    try:
+        whole = int(epochs) == epochs and not isinstance(epochs, bool)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or epochs < 1:
+        raise UserError(f"train.epochs must be an integer >= 1, got {epochs!r}; an untrained network is "
+                        "never banked")
+
+
+def check_contract(variables: Any, metrics: dict, what: str) -> None:
+    """A trained network meets its contract: >= 1 epoch, finite weights, finite final losses
+    (last training loss and test loss); a :class:`UserError` otherwise (nothing is banked)."""
+    if int(metrics.get("epochs", 0)) < 1:
+        raise UserError(f"{what} was trained for {metrics.get('epochs')} epochs; an untrained network is "
+                        "never banked (train.epochs must be >= 1)")
+    history = metrics.get("history") or [{}]
+    losses = {"final training loss": history[-1].get("last_loss"), "test loss": metrics.get("test_loss")}
+    for name, v in losses.items():
+        if v is None or not np.isfinite(float(v)):
+            raise UserError(f"{what}: the {name} is {v}, not finite; the network is not banked (training "
+                            "diverged: lower train.learning_rate)")
+    bad = [jax.tree_util.keystr(k) for k, leaf in jax.tree_util.tree_leaves_with_path(variables)
+           if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(np.asarray(leaf)).all()]
+    if bad:
+        raise UserError(f"{what}: non-finite weights in {', '.join(bad[:3])}; the network is not banked "
+                        "(training diverged: lower train.learning_rate)")
 
 
 def _pack(params, batch_stats) -> dict:
@@ -176,26 +209,43 @@ def _pack(params, batch_stats) -> dict:
 
 def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=print,
                    retrain: bool = False) -> tuple[dict, dict]:
-    """The banked network for (task, cfg.train.net, seed), training and banking it if missing.
+    """The banked network for (task, cfg.train.net, seed), training and banking it if the bank has none.
 
-    ``cfg`` is the whole config (data + train sections).
+    ``cfg`` is the whole config (data + train sections).  An incomplete or damaged entry is refused
+    (:class:`tanas_jax.errors.CorruptEntryError` naming its path and how to remove or retrain it), never
+    retrained silently; ``retrain=True`` trains and replaces whatever is there.  Before any training
+    the bank is checked writable and the entry's lock taken: a second process training the same entry
+    waits, then reuses the first one's network.  A network that misses its training contract
+    (:func:`check_contract`) is not banked.
     """
-    from tanas_jax import provenance
-    from tanas_jax.tasks import canonical, task_data
+    from tanas_jax.tasks import canonical
 
     task = canonical(task)
     net = cfg.train.net
-    if not retrain and bank.has_network(task, net, seed):
-        variables, meta = bank.load_network(task, net, seed)
-        return variables, meta
+    check_epochs(cfg.train)
+    if not retrain and (found := bank.find_network(task, net, seed)) is not None:
+        return found
+    path = bank.network_path(task, net, seed)
+    bank.check_writable(path)
+    with bank.lock(path, log=log):
+        if not retrain and (found := bank.find_network(task, net, seed)) is not None:
+            return found    # another process banked it while we waited
+        return _train_and_bank(bank, task, net, seed, cfg, progress, log)
+
+
+def _train_and_bank(bank, task: str, net: str, seed: int, cfg, progress: bool, log) -> tuple[dict, dict]:
+    from tanas_jax import provenance
+    from tanas_jax.tasks import task_data
+
     spec = models.get_net(net)
     data = task_data(task, spec.input_shape, cfg.data)
     log(data.summary())
     variables, metrics = train_network(data, net, cfg.train, seed, progress=progress)
+    check_contract(variables, metrics, f"{net} on {task} seed {seed}")
     meta = {"num_classes": data.num_classes, "class_names": list(data.class_names),
             "metrics": metrics, "data": data.record(), "train_config": cfg.train.to_dict(),
             **provenance.stamp()}
-    meta = bank.save_network(task, net, seed, variables, meta)   # as stored, with its sha256
+    meta = bank.save_network(task, net, seed, variables, meta)   # as stored, with its checksums
     status = "reached" if metrics["reached_epsilon"] else "did NOT reach"
     log(f"{task} [{net} seed {seed}]: test accuracy {metrics['test_accuracy']:.4f} "
         f"({status} 1-eps = {1 - metrics['epsilon']:.2f}) in {metrics['wall_s']:.1f} s")

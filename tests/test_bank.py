@@ -1,4 +1,6 @@
-"""Task bank: round trip, atomicity, corruption detection, and the bank CLI."""
+"""Task bank: round trip, atomicity, corruption detection (tensors and metadata), and the bank CLI.
+
+Fault cases (missing parts, non-object JSON, locks, read-only banks, bad invocations): test_bank_faults.py."""
 import json
 import os
 
@@ -130,6 +132,27 @@ def test_corruption_is_detected_and_never_used(bank, damage):
     assert bad and "task0" in bad[0]["path"]
 
 
+def test_checksum_covers_the_metadata(bank):
+    """An edited accuracy (or any other metadata field) fails the record checksum: verify and load refuse it."""
+    bank.save_network("task0", "small_cnn", 0, tree(), {"metrics": {"test_accuracy": 0.5}})
+    mp = bank.network_path("task0", "small_cnn", 0).replace(".safetensors", ".json")
+    rec = json.load(open(mp))
+    assert len(rec["record_sha256"]) == 64 and rec["format"] == "tanas_jax-bank-v2"
+    rec["metrics"]["test_accuracy"] = 0.99
+    json.dump(rec, open(mp, "w"))
+    with pytest.raises(CorruptEntryError, match="record checksum") as e:
+        bank.load_network("task0", "small_cnn", 0)
+    assert mp in str(e.value) and "bin/bank rm task0 --net small_cnn --seed 0" in str(e.value)
+    [r] = bank.verify()
+    assert not r["ok"] and r["health"] == "damaged"
+
+
+def test_stored_metadata_is_what_a_load_returns(bank):
+    """save_* returns the metadata as JSON reads it back (numpy scalars as numbers, tuples as lists)."""
+    meta = bank.save_network("task0", "small_cnn", 0, tree(), {"acc": np.float32(0.5), "shape": (1, 2)})
+    assert meta == bank.load_network("task0", "small_cnn", 0)[1] and meta["shape"] == [1, 2]
+
+
 def test_genotype_tamper_detected(bank):
     bank.save_genotype("task3", {"ops": ["skip_connect"]}, {})
     p = bank.genotype_path("task3")
@@ -162,13 +185,17 @@ def test_bank_cli_ls_show_verify(tmp_path):
     r = run_cli("bank", "--bank", b.root, "ls", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["networks"][0]["test_acc"] == 0.99
-    r = run_cli("bank", "--bank", b.root, "show", "task0", "--json")
+    assert json.loads(r.stdout)["networks"][0]["health"] == "ok"
+    r = run_cli("bank", "show", "task0", "--bank", b.root, "--json")     # global options after the subcommand
     assert r.returncode == 0 and json.loads(r.stdout)["networks"][0]["meta"]["metrics"]["test_accuracy"] == 0.99
     r = run_cli("bank", "--bank", b.root, "verify")
     assert r.returncode == 0 and "0 bad" in r.stdout
     p = b.network_path("mnist_digit0", "small_cnn", 0)
     open(p, "ab").write(b"junk")
-    r = run_cli("bank", "--bank", b.root, "verify", "--json")
+    r = run_cli("bank", "verify", "--json", "--bank", b.root)
     assert r.returncode == 1 and json.loads(r.stdout)["ok"] is False
+    assert json.loads(r.stdout)["entries"][0]["health"] == "damaged"
+    r = run_cli("bank", "ls", "--bank", b.root)
+    assert r.returncode == 0 and "DAMAGED" in r.stdout and "bin/bank rm mnist_digit0" in r.stdout
     r = run_cli("bank", "--bank", str(tmp_path / "none"), "ls")
     assert r.returncode == 2 and r.stderr.startswith("error: no bank") and "Traceback" not in r.stderr
