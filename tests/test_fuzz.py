@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 T = "@T"   # replaced by the test's tmp folder
 
@@ -32,6 +32,7 @@ CASES = [
                                      f"{T}/cfgs/noget.py"]),
     ("cfg-sys-exit", "train", ["--task", "mnist_digit0", "--config", f"{T}/cfgs/exits.py"]),
     ("cfg-bad-value", "tanas", ["--config", f"{T}/cfgs/badvalue.py"]),
+    ("cfg-nan", "search", ["--method", "darts1", "--task", "mnist_digit0", "--config", f"{T}/cfgs/nan.py"]),
     ("cfg-is-folder", "train", ["--task", "mnist_digit0", "--config", f"{T}/cfgs"]),
     ("cfg-is-folder-py", "train", ["--task", "mnist_digit0", "--config", f"{T}/cfgs/folder.py"]),
     ("cfg-missing-file", "train", ["--task", "mnist_digit0", "--config", f"{T}/nosuch.py"]),
@@ -74,6 +75,8 @@ CASES = [
     ("set-max-train-0", "train", ["--task", "mnist_digit0", "--set", "data.max_train=0"]),
     ("set-mixed-impl", "search", ["--method", "darts1", "--task", "mnist_digit0",
                                   "--set", "search.darts.mixed_impl=sparse"]),
+    ("set-lr-inf", "train", ["--task", "mnist_digit0", "--set", "train.learning_rate=1e999"]),
+    ("set-data-dir-missing", "train", ["--task", "mnist_digit0", "--set", f"data.data_dir='{T}/nodata'"]),
     ("set-top-k-0", "tanas", ["--set", "tanas.top_k=0"]),
     ("set-tanas-bases-empty", "tanas", ["--set", "tanas.bases=''"]),
     ("set-tanas-target-unknown", "tanas", ["--set", "tanas.target=nosuch"]),
@@ -108,6 +111,7 @@ CASES = [
     ("fisher-no-task", "fisher", []),
     ("fisher-task-unknown", "fisher", ["--task", "nosuch"]),
     ("fisher-net-of-unknown", "fisher", ["--task", "mnist_digit0", "--net-of", "nosuch"]),
+    ("fisher-net-of-empty", "fisher", ["--task", "mnist_digit0", "--net-of", ""]),
     ("fisher-examples-0", "fisher", ["--task", "mnist_digit0", "--examples", "0"]),
     ("fisher-examples-word", "fisher", ["--task", "mnist_digit0", "--examples", "many"]),
     ("fisher-microbatch-0", "fisher", ["--task", "mnist_digit0", "--microbatch", "0"]),
@@ -139,6 +143,9 @@ CASES = [
                                                  "--spectrum", "full"]),
     ("distance-transform-fisher-flag", "distance", ["--tasks", "offline8", "--metric", "transform",
                                                     "--examples", "100"]),
+    ("distance-frechet-sigma2", "distance", ["--tasks", "offline8", "--metric", "frechet", "--sigma2", "1e-5"]),
+    ("distance-full-layer-norm", "distance", ["--tasks", "offline8", "--spectrum", "full",
+                                              "--normalization", "layer"]),
     ("distance-microbatch-0", "distance", ["--tasks", "offline8", "--microbatch", "0"]),
     ("distance-out-is-file", "distance", ["--tasks", "offline8", "--out", f"{T}/afile"]),
     # --- bin/fuse ---
@@ -219,6 +226,8 @@ CONFIG_FILES = {
     "exits.py": "import sys\nsys.exit(3)\n",
     "badvalue.py": ("from tanas_jax.config import preset\n\ndef get_config():\n    cfg = preset('quick')\n"
                     "    cfg.train.epochs = 0\n    return cfg\n"),
+    "nan.py": ("from tanas_jax.config import preset\n\ndef get_config():\n    cfg = preset('quick')\n"
+               "    cfg.search.darts.weight_decay = float('nan')\n    return cfg\n"),
     "broken.json": '{"normal": ',
     "list.json": "[1, 2, 3]",
     "badop.json": json.dumps({"normal": {"nodes": 2, "edges": [[0, 1, "conv_9x9"]], "concat": "edges"}}),
@@ -321,6 +330,25 @@ def test_help_exits_0(cli, sandbox, capsys):
     assert "usage" in capsys.readouterr().out
     assert _files(sandbox) == _files(sandbox)  # nothing written (no bank, no out)
     assert not (sandbox / "bank").exists()
+
+
+def test_out_folder_made_only_when_writing(tmp_path):
+    from tanas_jax.cli.common import check_out_dir, write_result
+
+    out = tmp_path / "a" / "b"
+    check_out_dir(str(out))
+    assert not (tmp_path / "a").exists()
+    write_result(str(out), {"x": 1})
+    assert (out / "result.json").exists()
+
+
+def test_data_dir_env_missing_is_an_error(tmp_path, monkeypatch):
+    from tanas_jax.data import load_dataset
+    from tanas_jax.errors import UserError
+
+    monkeypatch.setenv("TANAS_DATA_DIR", str(tmp_path / "nodata"))
+    with pytest.raises(UserError, match="TANAS_DATA_DIR"):
+        load_dataset("mnist")
 
 
 def test_bug_keeps_its_traceback(sandbox):

@@ -38,6 +38,7 @@ from tanas_jax.cli.common import (
     run_as_script,
     write_result,
 )
+from tanas_jax.errors import UserError
 
 METHODS = ("darts1", "darts2", "tetlo", "fuse")
 COLUMNS = ["method", "seed", "skip_connect", "val_acc", "test_acc", "search_s", "compile_s", "cell"]
@@ -85,16 +86,12 @@ def _search_config(cfg, args):
     return from_section(DartsConfig, section(cfg, "search.darts"), steps=args.steps)
 
 
-def _space(args, cfg, bank, target: str):
-    from tanas_jax.search.spaces import resolve_space
+def _space(args, cfg, target: str):
+    """The one ``--space`` (else search.space), resolved before any work (see :func:`fuse.resolve_spaces`)."""
+    from tanas_jax.cli.fuse import resolve_spaces
 
-    closest = None
-    spec = args.space or cfg.search.space
-    if spec.startswith("from:closest"):
-        from tanas_jax.cli.fuse import closest_fn_for
-
-        closest = closest_fn_for(bank, cfg, logger.info)
-    return resolve_space(spec, bank=bank, target=target, closest_fn=closest, log=logger.info)
+    spec = cfg.search.space if args.space is None else args.space
+    return resolve_spaces({"space": spec}, args, cfg, target)["space"]
 
 
 def _search_seed(method: str, data, space, settings, seed: int, args, final_data) -> dict:
@@ -158,11 +155,13 @@ def run_differentiable(args) -> int:
     scfg = _search_config(cfg, args)
     enable_compilation_cache(section(cfg, "fuse").compilation_cache)   # also serves the final training
     settings = SearchSettings(darts=scfg, final=None if args.no_final else section(cfg, "final"))
-    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     target = parse_task(args.task)
     check_out_dir(args.out)
+    if args.restart and not args.out:
+        raise UserError("--restart starts over from the checkpoints in --out; it needs --out DIR")
+    space = _space(args, cfg, target)
     bank = open_bank(args)
-    space = _space(args, cfg, bank, target)
     data = search_data(cfg, target, scfg.input_shape)
     logger.info(data.summary())
     # the derived cell is trained at search.input_shape (FUSE's input), not the supernet's crop

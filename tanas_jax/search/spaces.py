@@ -35,6 +35,7 @@ reduction cell (reduction positions reuse the sampled cell with stride 2).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -196,15 +197,17 @@ def resolve_space(spec: str, *, bank=None, target: str | None = None,
     if spec.startswith("ops:"):
         return _ops_space(spec)
     if spec.startswith("from:closest"):
-        return _closest_space(spec, _closest_k(spec), bank, target, closest_fn, log)
+        return _closest_space(spec, closest_k(spec), bank, target, closest_fn, log)
     if spec.startswith("from:"):
         task = _canonical_task(spec[5:])
         g, where = genotype_for_task(task, bank, log)
         return space_from_genotypes(f"from:{task}", [g], [where])
     if spec.endswith(".json") or os.path.exists(spec):
         return _space_from_json(spec)
+    close = difflib.get_close_matches(spec, ["standard", "from:closest"], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(f"unknown --space '{spec}'; valid: standard, from:TASK, from:closest[:k], ops:a,b,c, "
-                    "or a JSON file")
+                    f"or a JSON file{hint}")
 
 
 def _ops_space(spec: str) -> SearchSpace:
@@ -216,7 +219,7 @@ def _ops_space(spec: str) -> SearchSpace:
         raise UserError(str(e)) from None
 
 
-def _closest_k(spec: str) -> int:
+def closest_k(spec: str) -> int:
     """K of ``from:closest[:K]`` (1 when absent)."""
     rest = spec[len("from:closest"):]
     if not rest:
