@@ -160,6 +160,9 @@ CASES = [
     ("fuse-space-json-list", "fuse", ["--task", "mnist_digit0", "--space", f"{T}/cfgs/list.json"]),
     ("fuse-space-json-badop", "fuse", ["--task", "mnist_digit0", "--space", f"{T}/cfgs/badop.json"]),
     ("fuse-space-json-ops-bad", "fuse", ["--task", "mnist_digit0", "--space", f"{T}/cfgs/opsbad.json"]),
+    ("fuse-space-json-binary", "fuse", ["--task", "mnist_digit0", "--space", f"{T}/cfgs/binary.json"]),
+    ("search-space-json-null-ops", "search", ["--method", "darts1", "--task", "mnist_digit0",
+                                             "--space", f"{T}/cfgs/nullops.json"]),
     ("fuse-space-json-missing", "fuse", ["--task", "mnist_digit0", "--space", f"{T}/nosuch.json"]),
     ("fuse-compare-unknown", "fuse", ["--task", "mnist_digit0", "--compare", "standard,randm"]),
     ("fuse-compare-empty", "fuse", ["--task", "mnist_digit0", "--compare", ""]),
@@ -230,6 +233,8 @@ CONFIG_FILES = {
                "    cfg.search.darts.weight_decay = float('nan')\n    return cfg\n"),
     "broken.json": '{"normal": ',
     "list.json": "[1, 2, 3]",
+    "binary.json": b"\xff\xfe{\x00",
+    "nullops.json": json.dumps({"ops": None, "structures": True}),
     "badop.json": json.dumps({"normal": {"nodes": 2, "edges": [[0, 1, "conv_9x9"]], "concat": "edges"}}),
     "opsbad.json": json.dumps({"ops": "conv_3x3", "structures": [{"nodes": 2, "edges": [[0, 1]]}]}),
 }
@@ -250,7 +255,8 @@ def sandbox(tmp_path, monkeypatch):
     (tmp_path / "cfgs").mkdir()
     (tmp_path / "cfgs" / "folder.py").mkdir()
     for name, text in CONFIG_FILES.items():
-        (tmp_path / "cfgs" / name).write_text(text)
+        path = tmp_path / "cfgs" / name
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     (tmp_path / "afile").write_text("not a folder\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TANAS_BANK", str(tmp_path / "bank"))
@@ -394,7 +400,7 @@ def test_bench_help_in_a_process():
 
 # --- hypothesis properties --------------------------------------------------------------------------
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -409,7 +415,19 @@ def _schema_keys() -> list[str]:
     return keys
 
 
-KEYS = st.one_of(st.sampled_from(_schema_keys()),
+def _list_keys() -> list[str]:
+    """The schema's list-valued and free-form fields (tuples, skeletons): where junk is likeliest to slip by."""
+    import dataclasses
+    import typing
+
+    from tanas_jax.config import NESTED, SECTIONS
+
+    return [f"{name}.{f.name}" for name, cls in {**SECTIONS, **NESTED}.items()
+            for f in dataclasses.fields(cls)
+            if typing.get_type_hints(cls)[f.name] in (tuple, typing.Any)]
+
+
+KEYS = st.one_of(st.sampled_from(_schema_keys()), st.sampled_from(_list_keys()),
                  st.sampled_from(["train", "search.darts", "nosuch.x", "train.", ".epochs", "", "a.b.c.d",
                                   "train.epochs.x", "preset", "config_file"]),
                  st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.", max_size=20))
@@ -426,6 +444,9 @@ VALUES = st.one_of(LITERALS.map(repr), st.text(max_size=12),
 
 @settings(max_examples=100, deadline=None)
 @given(items=st.lists(st.tuples(KEYS, VALUES), min_size=1, max_size=3))
+@example(items=[("transform.hidden_scale", "['x']")])
+@example(items=[("search.input_shape", "[28, 28, 'a']")])
+@example(items=[("train.learning_rate", "1e999")])
 def test_set_overrides_validate_or_user_error(items):
     from tanas_jax.config import SECTIONS, load_config, section
     from tanas_jax.errors import UserError
@@ -466,6 +487,10 @@ GENOTYPE_TEXT = st.one_of(JSON_VALUES.map(json.dumps), _genotype_like().map(json
 
 @settings(max_examples=100, deadline=None)
 @given(text=GENOTYPE_TEXT)
+@example(text='{"nodes": null, "ops": null, "edges": null, "structures": true}')
+@example(text='{"ops": null}')
+@example(text='{"ops": "conv_3x3"}')
+@example(text='{"ops": ["conv_3x3"], "structures": [{"nodes": 3, "edges": [[0, 1], [1, 2]], "concat": [{}]}]}')
 def test_malformed_genotype_json(text, tmp_path_factory):
     from tanas_jax.errors import UserError
     from tanas_jax.search.genotype import Genotype, load_genotype_file

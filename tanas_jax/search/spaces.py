@@ -165,10 +165,16 @@ def _space_from_json(path: str) -> SearchSpace:
         raise UserError(f"--space {path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"--space {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:   # not UTF-8 text
+        raise UserError(f"--space {path}: not a JSON text file ({e})") from None
     if isinstance(d, dict) and "normal" in d:
         return space_from_genotypes(f"file:{os.path.basename(path)}", [Genotype.from_dict(d, path)], [path])
     if not isinstance(d, dict) or "ops" not in d:
         raise UserError(f"--space {path}: expected a genotype or {{'ops': [...], 'structures': [...]}}")
+    if not isinstance(d["ops"], list) or not all(isinstance(o, str) for o in d["ops"]):
+        raise UserError(f"--space {path}: 'ops' must be a list of op names, got {d['ops']!r}")
+    if not isinstance(d.get("structures") or [], list):
+        raise UserError(f"--space {path}: 'structures' must be a list of {{'nodes': n, 'edges': [[src, dst], ...]}}")
     structs = []
     for i, s in enumerate(d.get("structures") or [authors_cell_structure().to_dict()]):
         f = f"{path}: structures[{i}]"
