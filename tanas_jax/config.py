@@ -45,6 +45,7 @@ ACTIVATIONS = ("relu", "linear")
 REFERENCES = ("own", "unpruned")
 MIXED_IMPLS = ("dense", "grouped", "ops")
 W_OPTIMIZERS = ("adam", "sgd")
+SEED_LIMIT = 2**32                # seeds are integers in [0, 2**32): a JAX PRNG key holds 32 bits per word
 
 
 def _fail(name: str, msg: str):
@@ -119,6 +120,8 @@ class DataConfig:
         _open_unit(self, "data", "val_fraction")
         _at_least(self, "data", 1, "max_train", "max_eval")
         _at_least(self, "data", 0, "split_seed")
+        if self.split_seed >= SEED_LIMIT:
+            _fail("data.split_seed", f"must be < 2**32, got {self.split_seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +149,8 @@ class BankConfig:
 
     def __post_init__(self):
         seeds = tuple(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            _fail("bank.seeds", f"must be a non-empty list of integers >= 0, got {list(seeds)}")
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT for s in seeds):
+            _fail("bank.seeds", f"must be a non-empty list of integers in [0, 2**32), got {list(seeds)}")
         object.__setattr__(self, "seeds", seeds)
 
 

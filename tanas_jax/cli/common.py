@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from tanas_jax.config import PRESETS, apply_override, load_config, section, updated  # noqa: F401  (re-exported)
+from tanas_jax.config import PRESETS, SEED_LIMIT, apply_override, load_config, section, updated  # noqa: F401  (re-exported)
 from tanas_jax.errors import UserError, did_you_mean
 
 LOGGER = "tanas_jax"
@@ -125,14 +125,15 @@ def make_parser(prog: str, description: str = "", **kw) -> argparse.ArgumentPars
 
 
 def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
-    """``'0,1,2'`` -> ``[0, 1, 2]``: a non-empty comma list of integers >= 0 (order kept, duplicates dropped)."""
+    """``'0,1,2'`` -> ``[0, 1, 2]``: a non-empty comma list of integers in [0, 2**32) (order kept, duplicates
+    dropped)."""
     items = [s.strip() for s in str(text).split(",") if s.strip()]
     try:
         seeds = [int(s) for s in items]
     except ValueError:
         seeds = []
-    if not seeds or any(s < 0 for s in seeds):
-        raise UserError(f"{flag} must be comma-separated integers >= 0, e.g. 0,1,2; got '{text}'")
+    if not seeds or any(not 0 <= s < SEED_LIMIT for s in seeds):
+        raise UserError(f"{flag} must be comma-separated integers >= 0 and < 2**32, e.g. 0,1,2; got '{text}'")
     return list(dict.fromkeys(seeds))
 
 
