@@ -263,9 +263,12 @@ def write_result(out_dir: str | None, result: dict, name: str = "result.json") -
     return path
 
 
-def check_out_dir(out_dir: str | None) -> None:
-    """Fail early (before any work) when ``--out`` cannot be written; creates nothing (the folder is made
-    by the first file written into it, so a refused command leaves no empty folder)."""
+def check_out_dir(out_dir: str | None, restart: bool = False) -> None:
+    """Fail early (before any work) when ``--out`` cannot be written (or ``--restart``, which starts over
+    from the checkpoints in ``--out``, comes without it); creates nothing (the folder is made by the first
+    file written into it, so a refused command leaves no empty folder)."""
+    if restart and not out_dir:
+        raise UserError("--restart starts over from the checkpoints in --out; it needs --out DIR")
     if not out_dir:
         return
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

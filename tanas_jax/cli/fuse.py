@@ -178,9 +178,7 @@ def run(argv) -> int:
     fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds)
     enable_compilation_cache(fcfg.compilation_cache)
     target = parse_task(args.task)
-    check_out_dir(args.out)
-    if args.restart and not args.out:
-        raise UserError("--restart starts over from the checkpoints in --out; it needs --out DIR")
+    check_out_dir(args.out, restart=args.restart)
     methods = _methods(args, cfg)
     spaces = resolve_spaces({m: (args.random_space or "standard") if m == "random" else m for m in methods},
                             args, cfg, target)

@@ -38,7 +38,6 @@ from tanas_jax.cli.common import (
     run_as_script,
     write_result,
 )
-from tanas_jax.errors import UserError
 
 METHODS = ("darts1", "darts2", "tetlo", "fuse")
 COLUMNS = ["method", "seed", "skip_connect", "val_acc", "test_acc", "search_s", "compile_s", "cell"]
@@ -157,9 +156,7 @@ def run_differentiable(args) -> int:
     settings = SearchSettings(darts=scfg, final=None if args.no_final else section(cfg, "final"))
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     target = parse_task(args.task)
-    check_out_dir(args.out)
-    if args.restart and not args.out:
-        raise UserError("--restart starts over from the checkpoints in --out; it needs --out DIR")
+    check_out_dir(args.out, restart=args.restart)
     space = _space(args, cfg, target)
     bank = open_bank(args)
     data = search_data(cfg, target, scfg.input_shape)
