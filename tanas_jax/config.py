@@ -79,10 +79,10 @@ def _positive(obj, section: str, *fields) -> None:
 
 
 def _is_number(v, kind: type) -> bool:
-    """A finite int/float that is not a bool (for ``kind`` int: integral as well)."""
+    """A finite int/float that is not a bool (for ``kind`` int: an int, as for a single int field)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return False
-    return kind is not int or float(v).is_integer()
+    return kind is not int or isinstance(v, int)
 
 
 def _numbers(name: str, values, kind: type) -> tuple:

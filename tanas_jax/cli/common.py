@@ -221,6 +221,8 @@ def config_from_args(args):
     data folder exists and every skeleton is known (the checks that need later layers than the config)."""
     from tanas_jax.data import check_data_dir
 
+    if getattr(args, "data_dir", None) and getattr(args, "data_source", None) == "bundled":
+        raise UserError("--data-dir is not used by --data-source bundled; drop one of them")
     init_distributed(args)
     cfg = load_config(args.config, args.overrides)
     cfg = updated(cfg, {"data.source": getattr(args, "data_source", None) or None,
