@@ -319,6 +319,23 @@ def test_did_you_mean(cli, argv, hint, sandbox, capsys):
     assert f"did you mean '{hint}'" in line, line
 
 
+@pytest.mark.parametrize("cli,argv,words", [
+    ("distance", ["--tasks", "offline8", "--seeds", ""], "--seeds must be"),
+    ("train", ["--task", "mnist_digit0", "--seeds", ""], "--seeds must be"),
+    ("train", ["--task", "mnist_digit0", "--seeds", "0", "--seed", "1"], "not both"),
+    ("distance", ["--tasks", "offline8", "--metric", "transform", "--spectrum", "full"], "not used by"),
+    ("fuse", ["--task", "mnist_digit0", "--restart"], "needs --out"),
+    ("tanas", ["--bases", ""], "empty task list"),
+    ("train", ["--task", "mnist_digit0", "--config", "@T/cfgs/nosection.py"], "no section 'train'"),
+    ("train", ["--task", "mnist_digit0", "--config", "@T/cfgs/exits.py"], "SystemExit"),
+])
+def test_error_names_the_mistake(cli, argv, words, sandbox, capsys):
+    argv = [a.replace(T, str(sandbox)) for a in argv]
+    assert importlib.import_module(f"tanas_jax.cli.{cli}").main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert words in line, line
+
+
 def test_missing_data_dir_does_not_blame_mlxtend(sandbox, capsys):
     from tanas_jax.cli.train import main
 

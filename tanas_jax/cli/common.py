@@ -112,7 +112,9 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
-        if getattr(ns, "seed", 0) is None:   # --seed was not given: its default, unless --seeds was
+        if not hasattr(ns, "seed"):
+            return ns, rest
+        if ns.seed is None:   # --seed was not given: its default
             ns.seed = 0
         elif getattr(ns, "seeds", None) is not None:
             raise UserError(f"give --seed or --seeds, not both (see {self.prog} --help)")

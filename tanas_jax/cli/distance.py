@@ -71,8 +71,8 @@ def distance_config(cfg, args):
     changes = {f"distance.{name}": parse_name(getattr(args, name), valid, name)
                for name, valid in VALID.items() if getattr(args, name) is not None}
     if args.sigma2 is not None:
-        if not args.sigma2 > 0 or args.sigma2 == float("inf"):
-            raise UserError(f"--sigma2 must be a positive number, got {args.sigma2}; the authors use 1e-10")
+        if not 0 < args.sigma2 < float("inf"):
+            raise UserError(f"--sigma2 must be positive, got {args.sigma2}; the authors use 1e-10")
         changes["distance.sigma2"] = args.sigma2
     cfg = updated(cfg, changes)
     _check_metric_flags(args, cfg.distance)
