@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import math
 import os
 import types
 import typing
@@ -44,6 +45,7 @@ ACTIVATIONS = ("relu", "linear")
 REFERENCES = ("own", "unpruned")
 MIXED_IMPLS = ("dense", "grouped", "ops")
 W_OPTIMIZERS = ("adam", "sgd")
+SEED_LIMIT = 2**32                # seeds are integers in [0, 2**32): a JAX PRNG key holds 32 bits per word
 
 
 def _fail(name: str, msg: str):
@@ -76,6 +78,21 @@ def _positive(obj, section: str, *fields) -> None:
             _fail(f"{section}.{f}", f"must be > 0, got {v}")
 
 
+def _is_number(v, kind: type) -> bool:
+    """A finite int/float that is not a bool (for ``kind`` int: an int, as for a single int field)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return False
+    return kind is not int or isinstance(v, int)
+
+
+def _numbers(name: str, values, kind: type) -> tuple:
+    """``values`` as a tuple of ``kind`` (int or float); a non-number entry is a UserError naming ``name``."""
+    if isinstance(values, (str, bytes)) or not all(_is_number(v, kind) for v in values):
+        what = "integers" if kind is int else "finite numbers"
+        _fail(name, f"must be a list of {what}, got {values!r}")
+    return tuple(kind(v) for v in values)
+
+
 def _hashable_skeleton(spec):
     """A skeleton given as a dict becomes a sorted tuple of pairs (frozen configs are hash keys)."""
     if hasattr(spec, "to_dict"):
@@ -103,6 +120,8 @@ class DataConfig:
         _open_unit(self, "data", "val_fraction")
         _at_least(self, "data", 1, "max_train", "max_eval")
         _at_least(self, "data", 0, "split_seed")
+        if self.split_seed >= SEED_LIMIT:
+            _fail("data.split_seed", f"must be < 2**32, got {self.split_seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +149,8 @@ class BankConfig:
 
     def __post_init__(self):
         seeds = tuple(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            _fail("bank.seeds", f"must be a non-empty list of integers >= 0, got {list(seeds)}")
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT for s in seeds):
+            _fail("bank.seeds", f"must be a non-empty list of integers in [0, 2**32), got {list(seeds)}")
         object.__setattr__(self, "seeds", seeds)
 
 
@@ -205,8 +224,8 @@ class TransformConfig:
     feature_batch: int = 500           # table only: batch size of feature extraction
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_scale", tuple(float(s) for s in self.hidden_scale))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "hidden_scale", _numbers("transform.hidden_scale", self.hidden_scale, float))
+        object.__setattr__(self, "hidden", _numbers("transform.hidden", self.hidden, int))
         if not 0.0 <= float(self.tolerance) < 1.0:
             _fail("transform.tolerance", f"{self.tolerance} is out of range; use an accuracy drop in [0, 1), "
                   "e.g. transform.tolerance=0.02")
@@ -292,7 +311,7 @@ class TetloConfig:
     main_weight: float = 1.0         # λ: stage-3 loss = L_val(V') + λ·L_val(W')
 
     def __post_init__(self):
-        object.__setattr__(self, "aux_channels", tuple(int(c) for c in self.aux_channels))
+        object.__setattr__(self, "aux_channels", _numbers("search.darts.tetlo.aux_channels", self.aux_channels, int))
         if not self.aux_channels or min(self.aux_channels) < 1:
             _fail("search.darts.tetlo.aux_channels", f"must be a non-empty list of widths >= 1, "
                   f"got {list(self.aux_channels)}")
@@ -338,7 +357,7 @@ class DartsConfig:
 
 
 def _shape(v, name: str) -> tuple:
-    shape = tuple(int(s) for s in v)
+    shape = _numbers(name, v, int)
     if len(shape) != 3 or min(shape) < 1:
         _fail(name, f"must be (H, W, C) with positive entries, got {list(v)}")
     return shape
@@ -411,7 +430,7 @@ def _check_type(name: str, value, hint):
         return value
     want = origin or hint
     ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          float: lambda v: _is_number(v, float),
           bool: lambda v: isinstance(v, bool),
           str: lambda v: isinstance(v, str),
           tuple: lambda v: isinstance(v, (list, tuple))}.get(want)
@@ -419,7 +438,7 @@ def _check_type(name: str, value, hint):
         if want is float:
             return float(value)
         return tuple(value) if want is tuple else value
-    kind = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+    kind = {int: "an integer", float: "a finite number", bool: "True or False", str: "a string",
             tuple: "a list"}[want]
     raise UserError(f"{name}: must be {kind}, got {value!r} ({type(value).__name__})")
 
@@ -475,10 +494,22 @@ def check_config(cfg, origin: str = "config") -> None:
         for key in cfg.keys():
             if key not in SECTIONS and key not in TOP_LEVEL:
                 raise UserError(f"no config section '{key}'; {did_you_mean(key, [*SECTIONS, *TOP_LEVEL])}")
-        for name in SECTIONS:
+        for name in [*SECTIONS, *NESTED]:
+            if _missing(cfg, name):
+                raise UserError(f"no section '{name}'; build the config with tanas_jax.config.preset(...), "
+                                "which has every section")
             section(cfg, name)
     except UserError as e:
         raise UserError(f"{origin}: {e}") from None
+
+
+def _missing(cfg, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return True
+        node = node[part]
+    return False
 
 
 # --- presets ---------------------------------------------------------------------------------
@@ -542,7 +573,9 @@ def load_config(spec: str | None = "quick", overrides: list[str] | tuple = ()):
     """A preset name (``quick``, ``paper``) or a path to a Python file whose ``get_config()`` returns a
     ConfigDict; then ``overrides`` (``section.field=value``) in order; validated.  Every way the file
     can be wrong is one UserError naming the file."""
-    spec = spec or "quick"
+    spec = "quick" if spec is None else str(spec).strip()
+    if not spec:
+        raise UserError(f"--config is empty; give a preset ({', '.join(PRESETS)}) or a path to a Python file")
     path = spec if (os.sep in spec or spec.endswith(".py")) else _preset_path(spec)
     if path is None or not os.path.isfile(path):
         hint = did_you_mean(spec, PRESETS) if path is None else "it is not a file"
@@ -572,7 +605,7 @@ def _run_config_file(path: str):
         cfg = module.get_config()
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001 - the user's file: any failure is theirs, reported in one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's file: any failure is theirs, one line
         raise UserError(f"config {path} could not be loaded ({type(e).__name__}: {e}); it must define "
                         "get_config() returning an ml_collections.ConfigDict") from None
     if not isinstance(cfg, ml_collections.ConfigDict):

@@ -156,11 +156,11 @@ def test_config_helpers_return_new_configs(quick_cfg):
 
     before = quick_cfg.to_dict()
     args = _args("distance", ["--tasks", "task0", "--examples", "50", "--estimator", "mc", "--authors-fisher",
-                              "--metric", "frechet", "--sigma2", "1e-6", "--data-source", "bundled"])
+                              "--metric", "logdet", "--sigma2", "1e-6", "--data-source", "bundled"])
     cfg = distance_config(fisher_config(quick_cfg, args), args)
     assert quick_cfg.to_dict() == before
     assert (cfg.fisher.examples, cfg.fisher.full_examples, cfg.fisher.estimator) == (50, 50, "mc")
-    assert cfg.distance.authors_fisher and (cfg.distance.metric, cfg.distance.sigma2) == ("frechet", 1e-6)
+    assert cfg.distance.authors_fisher and (cfg.distance.metric, cfg.distance.sigma2) == ("logdet", 1e-6)
     cfg = train_config(quick_cfg, _args("train", ["--net", "tanas_cnn", "--epsilon", "0.2"]))
     assert quick_cfg.to_dict() == before and (cfg.train.net, cfg.train.epsilon) == ("tanas_cnn", 0.2)
     args = _args("tanas", ["--target", "task1", "--top-k", "2", "--data-source", "bundled"])
@@ -215,7 +215,9 @@ def test_wrapper_exit_codes(capsys):
     assert capsys.readouterr().err == "error: bad name here\n"
     assert raising(KeyboardInterrupt())([]) == 130
     assert capsys.readouterr().err == "interrupted\n"
-    assert raising(SystemExit(3))([]) == 3 and raising(SystemExit(None))([]) == 0
+    # exit codes: 0 ok, 1 product failure, 2 user error (and 130 for Ctrl-C): any other status becomes 1
+    assert raising(SystemExit(3))([]) == 1 and raising(SystemExit(None))([]) == 0
+    assert raising(SystemExit(2))([]) == 2
     assert raising(SystemExit("boom"))([]) == 1
     assert capsys.readouterr().err == "error: boom\n"
     with pytest.raises(RuntimeError):               # a bug keeps its traceback

@@ -8,8 +8,10 @@ benchmark's own help).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
+from unittest import mock
 
 from tanas_jax.cli.common import cli_main, make_parser, parse_name, run_as_script
 from tanas_jax.errors import UserError
@@ -40,12 +42,24 @@ def _load(name: str):
     return mod
 
 
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    """A benchmark's own argparse errors become one-line UserErrors (exit 2), like every command's."""
+    def error(parser, message):
+        raise UserError(f"{parser.prog}: {message} (see {parser.prog} --help)")
+
+    with mock.patch.object(argparse.ArgumentParser, "error", error):
+        yield
+
+
 def run(argv) -> int:
     if not argv:
-        raise UserError(f"bin/bench needs a benchmark name: valid: {', '.join(BENCHMARKS)}")
+        raise UserError(f"bin/bench needs a benchmark name; valid: {', '.join(BENCHMARKS)} (see bench --help)")
     args = build_parser().parse_args(argv)
     name = parse_name(args.name, BENCHMARKS, "benchmark")
-    return int(_load(name).main(args.args) or 0)
+    module = _load(name)
+    with _one_line_usage_errors():
+        return int(module.main(args.args) or 0)
 
 
 main = cli_main(run)

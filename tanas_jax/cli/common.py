@@ -2,10 +2,13 @@
 
 Every entry point is ``main = cli_main(run)`` where ``run(argv)`` parses its
 arguments with a parser from :func:`make_parser` and does the work.  The
-wrapper is the one place where errors become exit codes: a
-:class:`tanas_jax.errors.UserError` (argparse's own errors included) becomes
-one line on stderr (``error: ...``) and exit status 2; Ctrl-C exits 130 after
-the command's own cleanup; anything else is a bug and keeps its traceback.
+wrapper is the one place where errors become exit codes: 0 ok; 2 a user
+error: a :class:`tanas_jax.errors.UserError` (argparse's own errors included)
+becomes one line on stderr (``error: ...``); 1 a product failure: any other
+status a command returns, and any other exception, which is a bug and keeps
+its traceback (the interpreter exits 1); Ctrl-C exits 130 after the command's
+own cleanup.  Every flag is checked before any work starts (nothing is
+written to ``--out`` or the bank by a refused command).
 
 Output: what a command prints with ``print`` on stdout is its product (tables,
 JSON).  Progress and log lines go to the ``tanas_jax`` logger (stdlib
@@ -22,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from tanas_jax.config import PRESETS, apply_override, load_config, updated  # noqa: F401  (re-exported)
+from tanas_jax.config import PRESETS, SEED_LIMIT, apply_override, load_config, section, updated  # noqa: F401  (re-exported)
 from tanas_jax.errors import UserError, did_you_mean
 
 LOGGER = "tanas_jax"
@@ -44,13 +47,22 @@ def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | No
             print("interrupted", file=sys.stderr)
             return 130
         except SystemExit as e:   # --help from argparse, or a benchmark's own exit
-            if e.code is None or isinstance(e.code, int):
-                return int(e.code or 0)
-            print(f"error: {e.code}", file=sys.stderr)
-            return 1
-        return int(code or 0)
+            if e.code is not None and not isinstance(e.code, int):
+                print(f"error: {e.code}", file=sys.stderr)
+                return 1
+            code = e.code
+        return exit_status(code)
 
     return main
+
+
+EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def exit_status(code) -> int:
+    """A command's return value as a documented exit status: 0, 2 (user error), 130, else 1."""
+    code = int(code or 0)
+    return code if code in (EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED) else EXIT_FAILURE
 
 
 def run_as_script(main) -> None:
@@ -98,6 +110,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UserError(f"{message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        if not hasattr(ns, "seed"):
+            return ns, rest
+        if ns.seed is None:   # --seed was not given: its default
+            ns.seed = 0
+        elif getattr(ns, "seeds", None) is not None:
+            raise UserError(f"give --seed or --seeds, not both (see {self.prog} --help)")
+        return ns, rest
+
 
 def make_parser(prog: str, description: str = "", **kw) -> argparse.ArgumentParser:
     """The argument parser every command uses (errors are one line, exit 2)."""
@@ -105,14 +127,15 @@ def make_parser(prog: str, description: str = "", **kw) -> argparse.ArgumentPars
 
 
 def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
-    """``'0,1,2'`` -> ``[0, 1, 2]``: a non-empty comma list of integers >= 0 (order kept, duplicates dropped)."""
+    """``'0,1,2'`` -> ``[0, 1, 2]``: a non-empty comma list of integers in [0, 2**32) (order kept, duplicates
+    dropped)."""
     items = [s.strip() for s in str(text).split(",") if s.strip()]
     try:
         seeds = [int(s) for s in items]
     except ValueError:
         seeds = []
-    if not seeds or any(s < 0 for s in seeds):
-        raise UserError(f"{flag} must be comma-separated integers >= 0, e.g. 0,1,2; got '{text}'")
+    if not seeds or any(not 0 <= s < SEED_LIMIT for s in seeds):
+        raise UserError(f"{flag} must be comma-separated integers >= 0 and < 2**32, e.g. 0,1,2; got '{text}'")
     return list(dict.fromkeys(seeds))
 
 
@@ -164,7 +187,7 @@ def add_common_args(p: argparse.ArgumentParser, *, out: bool = True, bank: bool 
     if bank:
         p.add_argument("--bank", default=None, help="task bank folder (default: $TANAS_BANK or ./bank)")
     if seed:
-        p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+        p.add_argument("--seed", type=_seed, default=None, help="random seed (default 0)")
     if out:
         p.add_argument("--out", default=None, help="write DIR/result.json (and plots) here")
     p.add_argument("--no-progress", action="store_true",
@@ -192,17 +215,37 @@ def init_distributed(args) -> None:
 
 
 def config_from_args(args):
-    """A new config from ``--config``, ``--set`` and ``--data-source``/``--data-dir``."""
+    """A new config from ``--config``, ``--set`` and ``--data-source``/``--data-dir``, checked whole: the
+    data folder exists and every skeleton is known (the checks that need later layers than the config)."""
+    from tanas_jax.data import check_data_dir
+
+    if getattr(args, "data_dir", None) and getattr(args, "data_source", None) == "bundled":
+        raise UserError("--data-dir is not used by --data-source bundled; drop one of them")
     init_distributed(args)
     cfg = load_config(args.config, args.overrides)
-    return updated(cfg, {"data.source": getattr(args, "data_source", None) or None,
-                         "data.data_dir": getattr(args, "data_dir", None) or None})
+    cfg = updated(cfg, {"data.source": getattr(args, "data_source", None) or None,
+                        "data.data_dir": getattr(args, "data_dir", None) or None})
+    check_data_dir(cfg.data.data_dir, "--data-dir" if getattr(args, "data_dir", None) else "data.data_dir")
+    check_skeletons(cfg)
+    return cfg
 
 
-def open_bank(args):
+def check_skeletons(cfg) -> None:
+    """Every skeleton of the config (fuse, final, search.darts) names a known preset or valid fields."""
+    from tanas_jax.search.network import get_skeleton
+
+    for name in ("fuse", "final", "search.darts"):
+        try:
+            get_skeleton(section(cfg, name).skeleton)
+        except UserError as e:
+            raise UserError(f"{name}.skeleton: {e}") from None
+
+
+def open_bank(args, create: bool = True):
+    """The ``--bank`` folder; ``create=False`` only reads (used while checking flags: nothing is written)."""
     from tanas_jax.bank import Bank
 
-    return Bank(args.bank)
+    return Bank(args.bank, create=create)
 
 
 # --- results -------------------------------------------------------------------------------
@@ -220,20 +263,23 @@ def write_result(out_dir: str | None, result: dict, name: str = "result.json") -
     return path
 
 
-def check_out_dir(out_dir: str | None) -> None:
-    """Fail early (before any work) when ``--out`` cannot be written."""
+def check_out_dir(out_dir: str | None, restart: bool = False) -> None:
+    """Fail early (before any work) when ``--out`` cannot be written (or ``--restart``, which starts over
+    from the checkpoints in ``--out``, comes without it); creates nothing (the folder is made by the first
+    file written into it, so a refused command leaves no empty folder)."""
+    if restart and not out_dir:
+        raise UserError("--restart starts over from the checkpoints in --out; it needs --out DIR")
     if not out_dir:
         return
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} exists and is not a folder; choose another")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write-test")
-        with open(probe, "w") as f:
-            f.write("")
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out_dir}: {e.strerror}; choose a writable folder") from None
+    parent = os.path.abspath(out_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"--out {out_dir}: {parent} is not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {out_dir}: {parent} is not writable; choose a writable folder")
 
 
 def print_table(rows: list[dict], columns: list[str], file=None) -> str:

@@ -61,20 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+FISHER_FLAGS = ("spectrum", "sigma2", "normalization", "reduction", "head", "examples", "estimator", "mc_samples",
+                "fisher_method", "memory_budget", "microbatch", "authors_fisher", "recompute")
+
+
 def distance_config(cfg, args):
-    """A new config with the command line's ``distance`` settings; bad values are one-line errors naming the flag."""
+    """A new config with the command line's ``distance`` settings; bad values are one-line errors naming the flag,
+    and so are flags the chosen metric would ignore."""
     changes = {f"distance.{name}": parse_name(getattr(args, name), valid, name)
                for name, valid in VALID.items() if getattr(args, name) is not None}
     if args.sigma2 is not None:
-        if not args.sigma2 > 0:
+        if not 0 < args.sigma2 < float("inf"):
             raise UserError(f"--sigma2 must be positive, got {args.sigma2}; the authors use 1e-10")
         changes["distance.sigma2"] = args.sigma2
-    return updated(cfg, changes)
+    cfg = updated(cfg, changes)
+    _check_metric_flags(args, cfg.distance)
+    return cfg
+
+
+def _flag(name: str) -> str:
+    return "--" + {"memory_budget": "memory-budget"}.get(name, name.replace("_", "-"))
+
+
+def _check_metric_flags(args, dc) -> None:
+    """Refuse a flag that the metric ignores (transform: every Fisher flag; frechet: --sigma2)."""
+    given = [n for n in FISHER_FLAGS if getattr(args, n, None) not in (None, False)]
+    ignored = given if dc.metric == "transform" else [n for n in given if n == "sigma2" and dc.metric == "frechet"]
+    if ignored:
+        raise UserError(f"{', '.join(_flag(n) for n in ignored)}: not used by --metric {dc.metric}; drop it")
+    if dc.spectrum == "full" and (dc.normalization != "network" or dc.reduction != "global"):
+        raise UserError("full spectra support --normalization network and --reduction global only; "
+                        "use --spectrum diag for layer-wise options")
 
 
 def _seeds(args, cfg) -> list[int]:
     """``--seeds``, else ``0..--repeats-1``, else the config's ``bank.seeds``."""
-    if args.seeds:
+    if args.seeds is not None:
+        if args.repeats is not None:
+            raise UserError("give --seeds or --repeats, not both")
         return parse_seeds(args.seeds)
     if args.repeats is not None:
         if args.repeats < 1:
@@ -85,11 +109,20 @@ def _seeds(args, cfg) -> list[int]:
 
 def _what(args, cfg) -> tuple[str | None, list[str] | None]:
     """``(target, None)`` for a ranking or ``(None, tasks)`` for a table; names checked before any work."""
-    if args.target:
+    if args.target is not None:
+        if args.tasks is not None:
+            raise UserError("give --tasks SET for a table or --target T [--bases SET] for a ranking, not both")
+        if args.top is not None and args.top < 1:
+            raise UserError(f"--top must be >= 1, got {args.top}")
         target = parse_task(args.target)
-        parse_tasks(args.bases or cfg.tanas.bases)
+        bases = [b for b in parse_tasks(cfg.tanas.bases if args.bases is None else args.bases) if b != target]
+        if not bases:
+            raise UserError(f"no base tasks left once the target {target} is held out; give other --bases")
         return target, None
-    if not args.tasks:
+    unused = [f for f, v in (("--bases", args.bases), ("--top", args.top)) if v is not None]
+    if unused:
+        raise UserError(f"{', '.join(unused)} only apply to a ranking (--target T); drop them for a table")
+    if args.tasks is None:
         raise UserError("give --tasks SET for a table, or --target T [--bases SET] for a ranking")
     return None, parse_tasks(args.tasks)
 

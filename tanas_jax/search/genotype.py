@@ -292,6 +292,8 @@ def load_genotype_file(path: str) -> Genotype:
             text = f.read()
     except OSError as e:
         raise UserError(f"cannot read genotype file {path}: {e.strerror}") from None
+    except ValueError as e:   # not UTF-8 text
+        raise UserError(f"genotype file {path} is not a JSON text file ({e})") from None
     return Genotype.from_json(text, field=str(path))
 
 

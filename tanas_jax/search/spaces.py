@@ -35,6 +35,7 @@ reduction cell (reduction positions reuse the sampled cell with stride 2).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -164,10 +165,16 @@ def _space_from_json(path: str) -> SearchSpace:
         raise UserError(f"--space {path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"--space {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:   # not UTF-8 text
+        raise UserError(f"--space {path}: not a JSON text file ({e})") from None
     if isinstance(d, dict) and "normal" in d:
         return space_from_genotypes(f"file:{os.path.basename(path)}", [Genotype.from_dict(d, path)], [path])
     if not isinstance(d, dict) or "ops" not in d:
         raise UserError(f"--space {path}: expected a genotype or {{'ops': [...], 'structures': [...]}}")
+    if not isinstance(d["ops"], list) or not all(isinstance(o, str) for o in d["ops"]):
+        raise UserError(f"--space {path}: 'ops' must be a list of op names, got {d['ops']!r}")
+    if not isinstance(d.get("structures") or [], list):
+        raise UserError(f"--space {path}: 'structures' must be a list of {{'nodes': n, 'edges': [[src, dst], ...]}}")
     structs = []
     for i, s in enumerate(d.get("structures") or [authors_cell_structure().to_dict()]):
         f = f"{path}: structures[{i}]"
@@ -196,15 +203,17 @@ def resolve_space(spec: str, *, bank=None, target: str | None = None,
     if spec.startswith("ops:"):
         return _ops_space(spec)
     if spec.startswith("from:closest"):
-        return _closest_space(spec, _closest_k(spec), bank, target, closest_fn, log)
+        return _closest_space(spec, closest_k(spec), bank, target, closest_fn, log)
     if spec.startswith("from:"):
         task = _canonical_task(spec[5:])
         g, where = genotype_for_task(task, bank, log)
         return space_from_genotypes(f"from:{task}", [g], [where])
     if spec.endswith(".json") or os.path.exists(spec):
         return _space_from_json(spec)
+    close = difflib.get_close_matches(spec, ["standard", "from:closest"], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(f"unknown --space '{spec}'; valid: standard, from:TASK, from:closest[:k], ops:a,b,c, "
-                    "or a JSON file")
+                    f"or a JSON file{hint}")
 
 
 def _ops_space(spec: str) -> SearchSpace:
@@ -216,7 +225,7 @@ def _ops_space(spec: str) -> SearchSpace:
         raise UserError(str(e)) from None
 
 
-def _closest_k(spec: str) -> int:
+def closest_k(spec: str) -> int:
     """K of ``from:closest[:K]`` (1 when absent)."""
     rest = spec[len("from:closest"):]
     if not rest:
