@@ -132,6 +132,13 @@ def test_manifest_records_tasks_entries_checksums_and_versions(archive):
                                                "tasks/mnist_digit0/networks/small_cnn-seed0.safetensors"}
 
 
+def test_export_takes_aliases_and_task_sets(origin, tmp_path, capsys):
+    out = str(tmp_path / "x.tar.gz")
+    assert bank_main(["export", "task0,mnist_digit0", "--out", out, "--bank", origin["root"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"] == ["mnist_digit0"]
+    assert export_tasks(Bank(origin["root"]), BASES, out)["networks"] == 2
+
+
 def test_a_different_entry_needs_overwrite(origin, archive, tmp_path, capsys):
     dest = str(tmp_path / "dest")
     assert bank_main(["import", archive, "--bank", dest]) == 0
@@ -255,6 +262,8 @@ BAD_CLI = {
                           "unknown task 'no_such_task'"),
     "task not in the bank": (lambda t, a: ["export", "mnist_digit7", "--out", str(t / "x.tar.gz")],
                              "has nothing for task mnist_digit7"),
+    "task set not all banked": (lambda t, a: ["export", "tanas_small", "--out", str(t / "x.tar.gz")],
+                                "has nothing for task fashion_bag"),
     "empty task list": (lambda t, a: ["export", " , ", "--out", str(t / "x.tar.gz")], "empty task list"),
     "missing --out": (lambda t, a: ["export", "mnist_digit0"], "--out"),
     "--out a folder": (lambda t, a: ["export", "mnist_digit0", "--out", str(t)], "is a folder"),

@@ -303,11 +303,21 @@ def _check_export_args(args) -> None:
                         "export --help)")
 
 
+def export_names(bank, text: str) -> list[str]:
+    """Task folders of ``bank`` from a comma list of bank task names, task names / aliases and task sets
+    (``offline8``); every one must be in the bank."""
+    from tanas_jax.tasks import TASK_SETS
+
+    names = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        names += list(TASK_SETS[item]) if item in TASK_SETS and item not in bank.tasks() else [item]
+    return list(dict.fromkeys(bank_task(bank, t) for t in names))
+
+
 def cmd_export(bank, args) -> int:
     from tanas_jax.bank_archive import export_tasks
 
-    names = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
-    summary = export_tasks(bank, [bank_task(bank, t) for t in names], args.out, with_artifacts=args.with_artifacts)
+    summary = export_tasks(bank, export_names(bank, args.tasks), args.out, with_artifacts=args.with_artifacts)
     if args.json:
         print(dump_json(summary))
     else:
