@@ -2,7 +2,9 @@
 
 Ranking bases for a target needs only the bases' banked *networks* and the target's data (a Fisher of a
 base network is always taken on the target's data), so a bank carried to another machine without any base
-data still ranks, and with the bases' genotypes, still searches.  An archive carries that bank.
+data still ranks, and with the bases' genotypes, still searches.  An archive carries that bank.  (``bin/tanas``
+also draws the full K x K table, which takes every task's data, when there are at most
+``tanas.full_table_max`` tasks: on a bank without the bases' data pass ``--set tanas.full_table_max=0``.)
 
 Layout of the archive (gzip-compressed tar, plain files only)::
 

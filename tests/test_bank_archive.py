@@ -106,6 +106,17 @@ def test_exported_bank_ranks_the_same_without_the_bases_data(origin, tmp_path, n
     assert table["per_seed"] == origin["table"]["per_seed"]
     assert set(no_mnist) == {"fashion_mnist"}
     assert Bank(dest).load_genotype("mnist_digit0")[0] == GENOTYPE
+    # bin/distance --target T --bases ... on the imported bank, Fishers recomputed: the same ranking
+    from tanas_jax.cli.distance import main as distance_main
+
+    sets = [a for kv in ("train.epochs=1", "data.max_train=300", "data.max_eval=100", "fisher.examples=64",
+                         f"train.net={NET}") for a in ("--set", kv)]
+    assert distance_main(["--target", TARGET, "--bases", ",".join(BASES), "--seeds", "0", "--bank", dest,
+                          "--recompute", "--no-progress", "--out", str(tmp_path / "rank"), *sets]) == 0
+    with open(tmp_path / "rank" / "result.json") as f:
+        shown = json.load(f)["ranking"]
+    assert [(r["base"], r["mean"], r["std"]) for r in shown] == origin["ranked"]
+    assert set(no_mnist) == {"fashion_mnist"}
 
 
 def test_artifacts_travel_with_with_artifacts(origin, tmp_path, no_mnist):

@@ -29,7 +29,8 @@ def _global_options(p: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(PROG, "Inspect the task bank: entries and their health; remove entries.")
+    p = make_parser(PROG, "Inspect the task bank: entries and their health; remove entries; export "
+                    "and import tasks as one checksummed archive.")
     _global_options(p, None)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{ls,show,verify,rm,export,import}")
     _global_options(sub.add_parser("ls", help="list tasks, networks and genotypes with their health"),
