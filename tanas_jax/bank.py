@@ -123,11 +123,21 @@ def read_record(path: str, fix: str = "delete it and recompute") -> dict:
     """The sealed JSON record at ``path``; :class:`CorruptEntryError` (naming the path and ``fix``) when it
     is unreadable, not a JSON object, written before the record checksum, or fails it."""
     try:
-        with open(path) as f:
-            rec = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise CorruptEntryError(f"bank entry {path} is damaged (unreadable JSON: {e}); {fix}") from None
+    return parse_record(data, path, fix)
+
+
+def parse_record(data: bytes, path: str, fix: str = "delete it and recompute") -> dict:
+    """The sealed JSON record in ``data`` (the bytes of the file ``path``), checked as :func:`read_record`
+    checks a file: a bank archive checks its entries' bytes before writing them."""
+    try:
+        rec = json.loads(data)
+    except ValueError as e:
         raise CorruptEntryError(f"bank entry {path} is damaged (unreadable JSON: {e}); {fix}") from None
     if not isinstance(rec, dict):
         raise CorruptEntryError(f"bank entry {path} is damaged (its JSON is a {type(rec).__name__}, not an "
@@ -178,8 +188,6 @@ def load_tensors(path: str, fix: str = "delete it and recompute") -> tuple[Any, 
     """Read a tensor entry written by :func:`save_tensors`, verifying both checksums.
 
     An incomplete or damaged entry raises :class:`CorruptEntryError` naming ``path`` and ``fix``."""
-    from safetensors.numpy import load
-
     missing = missing_part(path)
     if missing or not os.path.exists(path):
         what = f"{missing} is" if missing else "tensor and metadata files are"
@@ -191,6 +199,14 @@ def load_tensors(path: str, fix: str = "delete it and recompute") -> tuple[Any, 
             data = f.read()
     except OSError as e:
         raise CorruptEntryError(f"bank entry {path} cannot be read ({e.strerror}); {fix}") from None
+    return unflatten_tree(check_tensor_bytes(data, meta, path, fix)), meta
+
+
+def check_tensor_bytes(data: bytes, meta: dict, path: str, fix: str = "delete it and recompute") -> dict:
+    """The flat tensors in ``data`` (the bytes of the tensor file ``path``) after checking them against the
+    sha256 in their sealed metadata ``meta``; :class:`CorruptEntryError` naming ``path`` and ``fix``."""
+    from safetensors.numpy import load
+
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise CorruptEntryError(f"bank entry {path} is damaged (its tensors failed their checksum: truncated "
                                 f"or altered); {fix}")
@@ -199,7 +215,7 @@ def load_tensors(path: str, fix: str = "delete it and recompute") -> tuple[Any, 
     except Exception as e:  # noqa: BLE001 - a malformed file is a corrupt entry
         raise CorruptEntryError(f"bank entry {path} is damaged (not a valid safetensors file: {e}); {fix}") from None
     flat.pop("__empty__", None)
-    return unflatten_tree(flat), meta
+    return flat
 
 
 def inputs_digest(inputs: Any, chars: int = 20) -> str:

@@ -26,7 +26,7 @@ LAYERS = [
     {"tanas_jax.tasks"},
     {"tanas_jax.models"},
     {"tanas_jax.train"},
-    {"tanas_jax.bank"},
+    {"tanas_jax.bank", "tanas_jax.bank_archive"},
     {"tanas_jax.fisher"},
     {"tanas_jax.distance"},
     {"tanas_jax.search"},

@@ -1,9 +1,12 @@
-"""``bin/bank ls|show TASK|verify|rm TASK``: inspect the task bank, check and remove entries.
+"""``bin/bank ls|show TASK|verify|rm TASK|export TASKS|import FILE``: inspect the task bank, check and
+remove entries, share tasks as one archive.
 
 Every subcommand shows each entry's health (ok / incomplete: which part is missing / damaged: why) and
 takes the global options ``--bank DIR`` and ``--json`` before or after the subcommand.  ``verify`` exits 1
 when an entry is not ok; ``rm`` removes one entry (``--net N --seed S``, ``--genotype``,
 ``--artifact KIND/KEY``), a group (``--net N``, ``--artifact KIND``) or, with no selector, the whole task.
+``export TASK[,TASK...] --out FILE.tar.gz [--with-artifacts]`` and ``import FILE.tar.gz [--overwrite]`` are
+thin users of :mod:`tanas_jax.bank_archive` (checksummed archives; import checks everything first).
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ def _global_options(p: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(PROG, "Inspect the task bank: entries and their health; remove entries.")
+    p = make_parser(PROG, "Inspect the task bank: entries and their health; remove entries; export "
+                    "and import tasks as one checksummed archive.")
     _global_options(p, None)
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ls,show,verify,rm}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ls,show,verify,rm,export,import}")
     _global_options(sub.add_parser("ls", help="list tasks, networks and genotypes with their health"),
                     argparse.SUPPRESS)
     s = sub.add_parser("show", help="one task's entries with their metadata and health")
@@ -47,7 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genotype", action="store_true", help="remove the task's genotype")
     s.add_argument("--artifact", default=None, metavar="KIND[/KEY]", help="remove one artifact or one kind")
     _global_options(s, argparse.SUPPRESS)
+    _archive_parsers(sub)
     return p
+
+
+def _archive_parsers(sub) -> None:
+    s = sub.add_parser("export", help="write chosen tasks' entries to one checksummed archive",
+                       description="Write the networks and genotype (and with --with-artifacts the derived "
+                                   "artifacts) of TASK[,TASK...] to one .tar.gz with a manifest of sha256 "
+                                   "checksums; refused when an entry is incomplete or damaged.")
+    s.add_argument("tasks", metavar="TASK[,TASK...]")
+    s.add_argument("--out", required=True, metavar="FILE.tar.gz", help="the archive to write")
+    s.add_argument("--with-artifacts", action="store_true", help="also export Fishers and other artifacts")
+    _global_options(s, argparse.SUPPRESS)
+    s = sub.add_parser("import", help="add the entries of an archive to the bank (created when absent)",
+                       description="Check every checksum and record seal of FILE.tar.gz, then write its "
+                                   "entries into --bank; identical entries are skipped, different ones "
+                                   "refused unless --overwrite.")
+    s.add_argument("archive", metavar="FILE.tar.gz")
+    s.add_argument("--overwrite", action="store_true", help="replace entries that differ from the archive's")
+    _global_options(s, argparse.SUPPRESS)
 
 
 def open_bank_folder(path: str | None):
@@ -69,8 +92,13 @@ def run(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "rm":
         _check_rm_args(args)
+    if args.cmd == "import":
+        return cmd_import(args)
+    if args.cmd == "export":
+        _check_export_args(args)
     bank = open_bank_folder(args.bank)
-    return {"ls": cmd_ls, "show": cmd_show, "verify": cmd_verify, "rm": cmd_rm}[args.cmd](bank, args)
+    return {"ls": cmd_ls, "show": cmd_show, "verify": cmd_verify, "rm": cmd_rm,
+            "export": cmd_export}[args.cmd](bank, args)
 
 
 def bank_task(bank, text: str) -> str:
@@ -263,6 +291,57 @@ def cmd_rm(bank, args) -> int:
         for p in removed:
             print(f"removed {p}")
         print(f"{len(removed)} files removed from {bank.root}")
+    return 0
+
+
+# --- export / import ------------------------------------------------------------------------
+def _check_export_args(args) -> None:
+    """A non-empty task list and --out (before touching the bank)."""
+    if not [t for t in args.tasks.split(",") if t.strip()]:
+        raise UserError(f"export: empty task list; give TASK[,TASK...] (see `{PROG} ls` for the bank's tasks)")
+    if not args.out.strip():
+        raise UserError(f"export: --out is empty; give the archive to write, e.g. bank.tar.gz (see {PROG} "
+                        "export --help)")
+
+
+def export_names(bank, text: str) -> list[str]:
+    """Task folders of ``bank`` from a comma list of bank task names, task names / aliases and task sets
+    (``offline8``); every one must be in the bank."""
+    from tanas_jax.tasks import TASK_SETS
+
+    names = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        names += list(TASK_SETS[item]) if item in TASK_SETS and item not in bank.tasks() else [item]
+    return list(dict.fromkeys(bank_task(bank, t) for t in names))
+
+
+def cmd_export(bank, args) -> int:
+    from tanas_jax.bank_archive import export_tasks
+
+    summary = export_tasks(bank, export_names(bank, args.tasks), args.out, with_artifacts=args.with_artifacts)
+    if args.json:
+        print(dump_json(summary))
+    else:
+        print(f"wrote {summary['archive']}: {', '.join(summary['tasks'])}; {summary['networks']} networks, "
+              f"{summary['genotypes']} genotypes, {summary['artifacts']} artifacts ({summary['files']} files, "
+              f"{summary['bytes']} bytes, sha256 {summary['sha256']})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from tanas_jax.bank_archive import import_archive
+
+    if args.bank is not None and not args.bank.strip():
+        raise UserError(f"--bank is empty; give the bank folder (see {PROG} --help)")
+    report = import_archive(args.archive, args.bank, overwrite=args.overwrite)
+    if args.json:
+        print(dump_json(report))
+        return 0
+    for kind in ("imported", "overwritten", "skipped"):
+        for label in report[kind]:
+            print(f"{kind} {label}" + (" (identical)" if kind == "skipped" else ""))
+    print(f"{len(report['imported'])} entries imported, {len(report['overwritten'])} overwritten, "
+          f"{len(report['skipped'])} identical skipped into {report['bank']} ({report['files_written']} files)")
     return 0
 
 

@@ -433,7 +433,9 @@ def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None
     """``(ranked, table)``: bases sorted by distance to ``target`` (closest first) and the table used.
 
     ``ranked`` is a list of ``(base, mean, std)`` over ``seeds``; see :func:`closest_bases`.
-    ``cfg`` is never changed (a different ``metric`` is applied to a copy).
+    ``cfg`` is never changed (a different ``metric`` is applied to a copy).  Only the target's data is
+    loaded: every Fisher (or transform) is taken on it, so a base needs only its banked network and a
+    bank carried without the bases' data (``bin/bank export`` / ``import``) still ranks.
     """
     from tanas_jax.tasks import canonical, resolve_tasks
 
