@@ -165,7 +165,7 @@ def _distances(run: _Run, led: _Ledger) -> dict:
     else:
         from tanas_jax.distance.table import fisher_distance_table
 
-        full = len(tasks_all) <= int(run.cfg.tanas.full_table_max)
+        full = len(tasks_all) <= int(run.cfg.tanas.full_table_max) and _bases_have_data(run)
         table = fisher_distance_table(run.bank, tasks_all, run.cfg, run.seeds,
                                       targets=None if full else [run.target], progress=run.progress,
                                       log=run.log)
@@ -179,6 +179,27 @@ def _distances(run: _Run, led: _Ledger) -> dict:
     ranking = [b for _, b in sorted(col)]
     return {"table": table, "tasks": tasks_all, "ranking": ranking,
             "column": {b: float(d) for d, b in col}, "closest": ranking[: run.k]}
+
+
+def _bases_have_data(run: _Run) -> bool:
+    """Whether every base task's data is here: the full K x K table needs it; the target's column (the
+    ranking) needs only the bases' banked networks and the target's data, so a bank copied without its
+    data still ranks (the heatmap then shows the target column)."""
+    from tanas_jax import data, tasks
+
+    d = section(run.cfg, "data")
+    missing = []
+    for b in run.bases:
+        try:
+            srcs = data.available_sources(tasks.get_task(b).dataset, d.data_dir)
+        except UserError:   # not a registry dataset: its own loader reports what is wrong
+            continue
+        if not (srcs if d.source == "auto" else d.source in srcs):
+            missing.append(b)
+    if missing:
+        run.log(f"no data here for base(s) {', '.join(missing)}: computing the target's column only "
+                "(the ranking needs just their banked networks)")
+    return not missing
 
 
 # 3 ---------------------------------------------------------------------------------------
