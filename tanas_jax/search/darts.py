@@ -434,8 +434,11 @@ def differentiable_search(method: str, data, space, cfg: DartsConfig, seed: int 
     steps = compiled_steps(method, net, cfg, data.num_classes, input_shape, factory)
     state = steps.init_state(seed, input_shape, structure)
     fp = fingerprint(data, space, cfg, seed, method=method)
-    state, history, start, search_s, compile_s = _search_loop(method, steps, state, data, cfg, seed, fp,
-                                                              checkpoint_dir, log)
+    try:
+        state, history, start, search_s, compile_s = _search_loop(method, steps, state, data, cfg, seed, fp,
+                                                                  checkpoint_dir, log)
+    except KeyboardInterrupt:
+        raise ckpt.interrupted(checkpoint_dir, CKPT) from None
     geno = derive_genotype(state["params"]["beta"], structure, net.ops)
     result = {
         "method": method,
