@@ -257,7 +257,7 @@ def _resume(checkpoint_dir, fp: str, cfg: FuseConfig, seed_geno: Genotype, log) 
     if got is None:
         return [], 0, seed_geno, 0.0
     meta, _ = got
-    log(f"fuse: resuming from {ckpt.path(checkpoint_dir)} after round {meta['round']} (of {cfg.rounds})")
+    log(f"fuse: resuming from {ckpt.path(checkpoint_dir)} after round {meta['round'] + 1} (of {cfg.rounds})")
     return meta["history"], meta["round"] + 1, Genotype.from_dict(meta["seed_genotype"]), meta["search_s"]
 
 
