@@ -72,9 +72,13 @@ def _same(got: dict, bank: str, ref: dict) -> None:
     assert _stable(got, os.path.dirname(bank)) == _stable(ref["result"], os.path.dirname(ref["bank"]))
 
 
-def _result(out: str) -> dict:
-    with open(os.path.join(out, "result.json")) as f:
+def _json(path: str):
+    with open(path) as f:
         return json.load(f)
+
+
+def _result(out: str) -> dict:
+    return _json(os.path.join(out, "result.json"))
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +115,15 @@ def _kill_when(cmd: str, argv: list, saved, timeout: float = 240) -> str:
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", cmd), *argv], stdout=log,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.time() + timeout
-        try:
-            while not saved() and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.02)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            if proc.poll() is None and time.time() >= deadline:
-                proc.kill()
-            proc.wait()
+        while not saved() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        mid_run = proc.poll() is None and saved()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     text = open(log_path, errors="replace").read()
-    assert proc.returncode == -signal.SIGKILL, f"bin/{cmd} was not killed mid-run (exit {proc.returncode}):\n{text}"
+    assert mid_run and proc.returncode == -signal.SIGKILL, \
+        f"bin/{cmd} was not killed after saving work (exit {proc.returncode}):\n{text}"
     return text
 
 
@@ -143,8 +145,7 @@ def _assert_nothing_half_written(*folders: str, bank: str) -> None:
                 p = os.path.join(dirpath, f)
                 assert not f.startswith(".tmp-"), f"leftover temp file {p}"
                 if f.endswith(".json"):
-                    with open(p) as fh:
-                        assert isinstance(json.load(fh), dict), p
+                    assert isinstance(_json(p), dict), p
                 elif f.endswith(".npz"):
                     assert ckpt.load(dirpath, None, f[: -len(".npz")]) is not None, p
                 elif f.endswith(".safetensors"):
@@ -182,7 +183,8 @@ def test_every_file_is_written_atomically():
         for f in files:
             if f.endswith(".py"):
                 rel = os.path.relpath(os.path.join(dirpath, f), ROOT)
-                hits = [line.strip() for line in open(os.path.join(dirpath, f)) if WRITES.search(line)]
+                with open(os.path.join(dirpath, f)) as src:
+                    hits = [line.strip() for line in src if WRITES.search(line)]
                 if len(hits) > IN_PLACE_OK.get(rel, 0):
                     found[rel] = hits
     assert not found, f"writes that bypass tanas_jax.io.atomic_write_bytes: {found}"
@@ -234,9 +236,8 @@ def test_fuse_killed_resumes_to_the_uninterrupted_result(fuse_ref, tmp_path_fact
     (run,) = res["runs"].values()
     assert run["resumed_from_round"] >= 1, "the rerun did not resume from the checkpoint"
     _same(res, bank, fuse_ref)
-    banked = [os.path.join(b, "tasks", "mnist_digit0", "genotype.json") for b in (bank, fuse_ref["bank"])]
-    got, want = (json.load(open(p))["genotype"] for p in banked)
-    assert got == want
+    got, want = (_json(os.path.join(b, "tasks", "mnist_digit0", "genotype.json")) for b in (bank, fuse_ref["bank"]))
+    assert got["genotype"] == want["genotype"]
     _assert_nothing_half_written(bank, bank=bank)
 
 
@@ -249,7 +250,7 @@ def test_fuse_ctrl_c_exits_130_naming_the_saved_state_and_resumes(fuse_ref, tmp_
     deadline = time.time() + 240
     while not _fuse_saved(bank, out) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, proc.communicate()
+    assert proc.poll() is None and _fuse_saved(bank, out), proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
