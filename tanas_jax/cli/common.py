@@ -43,8 +43,8 @@ def cli_main(run: Callable[[list[str]], int | None]) -> Callable[[list[str] | No
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            print("interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
             return 130
         except SystemExit as e:   # --help from argparse, or a benchmark's own exit
             if e.code is not None and not isinstance(e.code, int):

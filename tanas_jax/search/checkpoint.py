@@ -5,6 +5,7 @@ Public API::
     path(directory, name='fuse_checkpoint') -> DIR/<name>.npz
     save(directory, fp, meta, state=None, name=...) -> path
     load(directory, fp, name=..., like=None) -> (meta, arrays | state) or None
+    interrupted(directory, name, after=None) -> KeyboardInterrupt naming the saved state (Ctrl-C's one line)
 
 One file ``DIR/<name>.npz`` holds ``__meta__`` (JSON: format, fingerprint of
 the run's settings, the method's progress -- round or step, history, timings,
@@ -77,6 +78,16 @@ def load(directory: str, fp: str | None, name: str = "fuse_checkpoint", like=Non
         raise UserError(f"checkpoint {p} was made with other settings (data, space, config, method or seed); "
                         f"use another --out folder, or {START_OVER}")
     return meta, (arrays if like is None else _restore(p, arrays, like))
+
+
+def interrupted(directory: str | None, name: str, after: str | None = None) -> KeyboardInterrupt:
+    """The ``KeyboardInterrupt`` a search raises on Ctrl-C: its message (the command line's one line after
+    ``interrupted:``) says where the state (after ``after``, e.g. 'round 2') is saved, or that none is."""
+    p = path(directory, name) if directory else None
+    if p and os.path.exists(p):
+        return KeyboardInterrupt(f"the state {'after ' + after if after else 'of the last checkpoint'} "
+                                 f"is saved in {p}; rerun the same command to resume")
+    return KeyboardInterrupt("nothing saved yet" + ("" if directory else " (no checkpoint folder: give --out)"))
 
 
 def _read(p: str) -> tuple[dict, dict]:

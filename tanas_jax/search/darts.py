@@ -85,6 +85,7 @@ does not import TETLO.
 """
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Sequence
 
@@ -96,6 +97,7 @@ import optax
 
 from tanas_jax.config import DartsConfig, FinalConfig, to_dict
 from tanas_jax.errors import UserError, did_you_mean
+from tanas_jax.io import atomic_write_bytes
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search.genotype import Cell, CellStructure, Genotype
 from tanas_jax.search.network import CellModule, Skeleton, get_skeleton, init_from_shapes, stem
@@ -434,8 +436,11 @@ def differentiable_search(method: str, data, space, cfg: DartsConfig, seed: int 
     steps = compiled_steps(method, net, cfg, data.num_classes, input_shape, factory)
     state = steps.init_state(seed, input_shape, structure)
     fp = fingerprint(data, space, cfg, seed, method=method)
-    state, history, start, search_s, compile_s = _search_loop(method, steps, state, data, cfg, seed, fp,
-                                                              checkpoint_dir, log)
+    try:
+        state, history, start, search_s, compile_s = _search_loop(method, steps, state, data, cfg, seed, fp,
+                                                                  checkpoint_dir, log)
+    except KeyboardInterrupt:
+        raise ckpt.interrupted(checkpoint_dir, CKPT) from None
     geno = derive_genotype(state["params"]["beta"], structure, net.ops)
     result = {
         "method": method,
@@ -494,6 +499,8 @@ def plot_beta_history(result: dict, path: str) -> str:
     fig.suptitle(f"{result['method']}: architecture weights (seed {result['seed']}, "
                  f"skip_connect {result['skip_connect']}/{result['edges']})", fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 0.95))
-    fig.savefig(path, dpi=90)
+    buf = io.BytesIO()   # written atomically: a kill never leaves a half-written PNG
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -257,7 +257,7 @@ def _resume(checkpoint_dir, fp: str, cfg: FuseConfig, seed_geno: Genotype, log) 
     if got is None:
         return [], 0, seed_geno, 0.0
     meta, _ = got
-    log(f"fuse: resuming from {ckpt.path(checkpoint_dir)} after round {meta['round']} (of {cfg.rounds})")
+    log(f"fuse: resuming from {ckpt.path(checkpoint_dir)} after round {meta['round'] + 1} (of {cfg.rounds})")
     return meta["history"], meta["round"] + 1, Genotype.from_dict(meta["seed_genotype"]), meta["search_s"]
 
 
@@ -273,7 +273,6 @@ def _rounds(data, space, cfg: FuseConfig, seed: int, fp: str, checkpoint_dir, lo
     """Rounds from the last checkpoint on: (history, last winner, search seconds, first round)."""
     seed_geno = space.seeds[0] if space.seeds else space.sample(rng(seed, INIT_STREAM))
     history, start, seed_geno, search_s = _resume(checkpoint_dir, fp, cfg, seed_geno, log)
-    r = start
     try:
         for r in range(start, cfg.rounds):
             t = time.perf_counter()
@@ -290,10 +289,8 @@ def _rounds(data, space, cfg: FuseConfig, seed: int, fp: str, checkpoint_dir, lo
                                                "rng": {"seed": seed, "streams": "SeedSequence([seed, round, k])"}},
                           state)
     except KeyboardInterrupt:
-        where = (f"; the state after round {history[-1]['round'] + 1} is saved in {ckpt.path(checkpoint_dir)}"
-                 if checkpoint_dir and history else "; no round finished, nothing saved")
-        log(f"fuse: interrupted during round {r + 1}{where}; rerun the same command to resume")
-        raise
+        raise ckpt.interrupted(checkpoint_dir, "fuse_checkpoint",
+                               f"round {history[-1]['round'] + 1}" if history else None) from None
     return history, seed_geno, search_s, start
 
 
