@@ -74,3 +74,20 @@ def test_tanas_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--top-k" in err and len(err.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "b" / "tasks")
+
+
+def test_full_table_only_when_every_base_has_its_data(monkeypatch):
+    """A bank copied without the bases' data still runs bin/tanas: the pipeline asks for the target's column
+    only (which needs just the banked networks) instead of the full K x K table."""
+    from tanas_jax import data, pipeline
+    from tanas_jax.config import load_config
+
+    logs = []
+    run = pipeline._Run(cfg=load_config("quick"), bank=None, out=None, seed=0, progress=False, log=logs.append,
+                        target="fashion_trouser", bases=["mnist_digit0", "fashion_bag"], metric="logdet", k=1,
+                        seeds=[0])
+    assert pipeline._bases_have_data(run) and logs == []
+    real = data.available_sources
+    monkeypatch.setattr(data, "available_sources", lambda name, d=None: [] if name == "mnist" else real(name, d))
+    assert not pipeline._bases_have_data(run)
+    assert len(logs) == 1 and "mnist_digit0" in logs[0] and "fashion_bag" not in logs[0]
