@@ -21,6 +21,12 @@ Registered families:
   10-way) on MNIST (bundled subset or full) and Fashion-MNIST.  Its class
   groups reuse the CIFAR-10 task ids {1,3,8}, {3,8,9}, {2,6,7}.
 
+User tasks (``docs/tasks.md``): a spec file (``*.toml``/``*.json``), an inline form (``folder:PATH``,
+``npz:PATH``, ``tfds:NAME``) or :func:`register_arrays` registers a task over the user's data
+(``tanas_jax.data.spec`` parses specs, ``tanas_jax.data.user`` reads the data); :func:`canonical`
+accepts a spec wherever a task name is.  Their splits are stratified per class, and their
+:meth:`TaskData.record` carries the spec and a sha256 of the loaded arrays.
+
 Splits are deterministic and independent of the training seed: the raw train
 split is permuted with ``split_seed`` (default 0) and its last
 ``val_fraction`` is the validation split; the raw test split is the test

@@ -20,6 +20,9 @@ Sources, in the order ``auto`` tries them:
 
 :func:`load_dataset` returns a :class:`RawDataset` that says which source it
 came from; the task layer prints and records it.
+
+A user's own data (image folders, arrays, any TFDS dataset) is read by ``user``; ``spec`` parses the
+task spec files that name it (the task layer turns a spec's class map into a task).
 """
 from __future__ import annotations
 

@@ -332,8 +332,6 @@ def read_image_folder(root: str, input_size=None, channels=None) -> UserData:
     first: dict = {}
     xtr, ytr = _read_split(train, names, input_size, channels, first)
     xte, yte = _read_split(test, names, input_size, channels, first) if test is not None else (None, None)
-    if xtr.shape[3] == 4:
-        raise UserError(f"{root}: images have 4 channels; set channels = 1 or 3 in a spec file")
     for a in (xtr, ytr, xte, yte):
         if a is not None:
             a.setflags(write=False)
