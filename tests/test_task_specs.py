@@ -233,7 +233,21 @@ def bad_unknown_class(tmp):
     return path, "no source class 'trousers'.*did you mean 'trouser'"
 
 
-BAD = [bad_empty_class, bad_one_class, bad_corrupt, bad_sizes, bad_modes, bad_labels_gap, bad_nan, bad_lengths,
+def bad_single_npy(tmp):
+    path = os.path.join(tmp, "x.npy")
+    np.save(path, np.zeros((6, 8, 8), np.uint8))
+    spec = os.path.join(tmp, "t.json")
+    with open(spec, "w") as f:
+        json.dump({"source": {"arrays": "x.npy"}}, f)
+    return spec, "one .npy holds no labels"
+
+
+def bad_npz_keys(tmp):
+    return _npz(tmp, images=np.zeros((6, 8, 8), np.uint8), labels=np.arange(6) % 2)[0], "expected x_train, y_train"
+
+
+BAD = [bad_single_npy, bad_npz_keys,
+       bad_empty_class, bad_one_class, bad_corrupt, bad_sizes, bad_modes, bad_labels_gap, bad_nan, bad_lengths,
        bad_too_few, bad_unknown_field, bad_unknown_class]
 
 

@@ -230,13 +230,19 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def _load_npz(path: str) -> dict:
+    if path.lower().endswith(".npy"):
+        raise UserError(f"{path}: one .npy holds no labels; give source.arrays = {{x_train = \"x.npy\", "
+                        "y_train = \"y.npy\"}} or an .npz with x_train and y_train")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with z:
             d = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:
         raise UserError(f"{path}: cannot read as .npz ({e}); save it with np.savez(path, x_train=..., "
                         "y_train=...)") from None
-    if not isinstance(d, dict) or "x_train" not in d or "y_train" not in d:
+    if "x_train" not in d or "y_train" not in d:
         raise UserError(f"{path}: has keys {sorted(d)}; expected x_train, y_train (optional x_test, y_test, "
                         "class_names): np.savez(path, x_train=x, y_train=y)")
     extra = sorted(set(d) - {"x_train", "y_train", "x_test", "y_test", "class_names"})
