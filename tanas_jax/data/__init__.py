@@ -155,7 +155,8 @@ def _tfds_source(info: DatasetInfo, data_dir: str | None, split: str):
         return None
 
 
-def _read_tfds(source, image_key: str = "image", label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+def _read_tfds(source, image_key: str = "image", label_key: str = "label",
+               image_fn=None) -> tuple[np.ndarray, np.ndarray]:
     n = len(source)
     if n == 0:
         return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0,), np.int64)
@@ -168,7 +169,14 @@ def _read_tfds(source, image_key: str = "image", label_key: str = "label") -> tu
             records = None
     if records is None:
         records = [source[i] for i in range(n)]
-    images = np.stack([np.asarray(r[image_key]) for r in records])
+    images = [np.asarray(r[image_key]) for r in records]
+    if image_fn is not None:
+        images = [image_fn(im) for im in images]
+    if len({im.shape for im in images}) > 1:
+        sizes = sorted({im.shape for im in images})[:2]
+        raise UserError(f"split '{getattr(source, 'split', '?')}': images of mixed sizes ({sizes[0]}, "
+                        f"{sizes[1]}, ...); set input_size = [H, W] in the spec to resize them")
+    images = np.stack(images)
     if images.dtype != np.uint8 and image_key == "image" and label_key == "label":
         images = images.astype(np.uint8)   # the built-in datasets' images are uint8 already
     labels = np.asarray([int(r[label_key]) for r in records], np.int64)
@@ -188,12 +196,13 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None) -> dict[str, np.ndarray]
     return out
 
 
-def tfds_arrays(name: str, image_key: str = "image", label_key: str = "label",
-                data_dir: str | None = None) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None]:
+def tfds_arrays(name: str, image_key: str = "image", label_key: str = "label", data_dir: str | None = None,
+                image_fn=None) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None]:
     """Any prepared TFDS dataset with an image and a label feature: ``(arrays, class names)``.
 
     ``arrays`` has ``train_images``/``train_labels`` and, when the dataset has a ``test`` split,
     ``test_images``/``test_labels``; class names come from the label feature when it has them.
+    ``image_fn`` (e.g. a resize) is applied to each image before they are stacked.
     """
     info = DatasetInfo(name, name, (), "tfds", ())
     try:
@@ -211,10 +220,13 @@ def tfds_arrays(name: str, image_key: str = "image", label_key: str = "label",
             raise UserError(f"tfds '{name}' has no feature '{key}'; {did_you_mean(key, list(features.keys()))}; "
                             "set source.image_key / source.label_key")
     out = {}
-    out["train_images"], out["train_labels"] = _read_tfds(train, image_key, label_key)
-    test = _tfds_source(info, data_dir, "test")
-    if test is not None:
-        out["test_images"], out["test_labels"] = _read_tfds(test, image_key, label_key)
+    try:
+        out["train_images"], out["train_labels"] = _read_tfds(train, image_key, label_key, image_fn)
+        test = _tfds_source(info, data_dir, "test")
+        if test is not None:
+            out["test_images"], out["test_labels"] = _read_tfds(test, image_key, label_key, image_fn)
+    except UserError as e:
+        raise UserError(f"tfds '{name}': {e}") from None
     names = getattr(features[label_key], "names", None) if features is not None else None
     return out, (tuple(str(n) for n in names) if names else None)
 

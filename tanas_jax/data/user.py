@@ -350,7 +350,13 @@ def read_tfds(name: str, image_key: str = "image", label_key: str = "label", dat
     """Any prepared TFDS dataset with an image and a class-label feature (splits ``train`` [+ ``test``])."""
     from tanas_jax.data import tfds_arrays
 
-    arrays, names = tfds_arrays(name, image_key, label_key, data_dir)
+    def fit_one(im):   # variable-size datasets: resize each image before stacking
+        if input_size is None:
+            return im
+        im = to_nhwc(to_uint8(np.asarray(im)[None], f"tfds '{name}'"), f"tfds '{name}'")
+        return resize_images(convert_channels(im, channels or (1 if im.shape[3] == 1 else 3)), input_size)[0]
+
+    arrays, names = tfds_arrays(name, image_key, label_key, data_dir, fit_one)
     return from_arrays(arrays["train_images"], arrays["train_labels"], arrays.get("test_images"),
                        arrays.get("test_labels"), class_names=names, where=f"tfds '{name}'", source=f"tfds:{name}",
                        input_size=input_size, channels=channels)
