@@ -21,6 +21,12 @@ Registered families:
   10-way) on MNIST (bundled subset or full) and Fashion-MNIST.  Its class
   groups reuse the CIFAR-10 task ids {1,3,8}, {3,8,9}, {2,6,7}.
 
+User tasks (``docs/tasks.md``): a spec file (``*.toml``/``*.json``), an inline form (``folder:PATH``,
+``npz:PATH``, ``tfds:NAME``) or :func:`register_arrays` registers a task over the user's data
+(``tanas_jax.data.spec`` parses specs, ``tanas_jax.data.user`` reads the data); :func:`canonical`
+accepts a spec wherever a task name is.  Their splits are stratified per class, and their
+:meth:`TaskData.record` carries the spec and a sha256 of the loaded arrays.
+
 Splits are deterministic and independent of the training seed: the raw train
 split is permuted with ``split_seed`` (default 0) and its last
 ``val_fraction`` is the validation split; the raw test split is the test
@@ -29,12 +35,23 @@ split, used only for final reports, never for selection.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from tanas_jax.data import DATASETS, RawDataset, load_dataset
-from tanas_jax.errors import UserError
+from tanas_jax.data.spec import INLINE, REST, TaskSpec, check_name, is_spec_ref, spec_from_ref
+from tanas_jax.data.user import (
+    UserData,
+    from_arrays,
+    from_raw,
+    read_arrays,
+    read_image_folder,
+    read_tfds,
+    resize_images,
+)
+from tanas_jax.errors import UserError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,21 +173,27 @@ def task_names() -> list[str]:
 
 
 def canonical(name: str) -> str:
+    """A task name, alias, spec path (``*.toml``/``*.json``) or inline form (``folder:PATH``,
+    ``npz:PATH``, ``tfds:NAME``) -> the registered task name (a spec is loaded and registered once)."""
     name = name.strip()
-    if name in _REGISTRY:
+    if name in _REGISTRY or name in _USER:
         return name
     if name in _ALIASES:
         return _ALIASES[name]
+    if is_spec_ref(name):
+        return register_spec(name)
     import difflib
 
-    close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES), n=3)
+    close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES) + list(_USER), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UserError(f"unknown task '{name}': {hint}task sets: {', '.join(TASK_SETS)}; list all "
-                    f"{len(_REGISTRY)} tasks with `bin/train --list-tasks`")
+                    f"{len(_REGISTRY)} tasks with `bin/train --list-tasks`; your own data: a spec file "
+                    "(my_task.toml) or folder:PATH / npz:PATH (docs/tasks.md)")
 
 
 def get_task(name: str) -> Task:
-    return _REGISTRY[canonical(name)]
+    n = canonical(name)
+    return _USER[n].task if n in _USER else _REGISTRY[n]
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
@@ -194,6 +217,140 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
             if n not in out:
                 out.append(n)
     return out
+
+
+# --- user tasks: spec files, inline forms, in-memory arrays (docs/tasks.md) ---------------------------
+@dataclasses.dataclass(frozen=True)
+class UserTask:
+    """A task from a spec: its :class:`Task`, the spec, and its data (loaded at registration; ``None``
+    for a built-in dataset source, which is loaded from ``data.source`` like the built-in tasks)."""
+
+    task: Task
+    spec: TaskSpec
+    data: UserData | None
+
+
+_USER: dict[str, UserTask] = {}
+_REFS: dict[tuple, str] = {}
+_BUILTIN_CACHE: dict[tuple, UserData] = {}
+
+
+def user_task_names() -> list[str]:
+    """The tasks registered from specs or arrays in this process."""
+    return sorted(_USER)
+
+
+def user_task(name: str) -> UserTask | None:
+    return _USER.get(canonical(name))
+
+
+def _ref_key(text: str) -> tuple:
+    t = text.strip()
+    if t.startswith(INLINE):
+        return (t, os.getcwd())
+    p = os.path.abspath(os.path.expanduser(t))
+    try:
+        st = os.stat(p)
+        return (p, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (p,)
+
+
+def register_spec(ref: str | TaskSpec) -> str:
+    """Load a spec (path, inline form or :class:`TaskSpec`), check its data and class map, register the
+    task; returns its name.  The same spec again returns the same name without reloading."""
+    key = _ref_key(ref) if isinstance(ref, str) else None
+    if key is not None and key in _REFS:
+        return _REFS[key]
+    spec = spec_from_ref(ref) if isinstance(ref, str) else ref
+    data = _read_source(spec)
+    name = _register_user(spec, data)
+    if key is not None:
+        _REFS[key] = name
+    return name
+
+
+def register_arrays(name: str, x_train, y_train, x_test=None, y_test=None, *, class_names=None,
+                    description: str = "") -> str:
+    """Register in-memory arrays as task ``name`` (images NHWC/NHW/NCHW, uint8 or float; integer labels
+    0..K-1); without a test split one is carved (20%, fixed seed).  Returns the task name."""
+    where = f"register_arrays('{name}')"
+    check_name(name, where)
+    data = from_arrays(x_train, y_train, x_test, y_test, class_names=class_names, where=where,
+                       source=f"memory:{name}")
+    spec = TaskSpec(name=name, source={"memory": name}, description=description, origin="python")
+    return _register_user(spec, data)
+
+
+def _read_source(spec: TaskSpec) -> UserData | None:
+    src, size, ch = spec.source, spec.input_size, spec.channels
+    if spec.kind == "image_folder":
+        return read_image_folder(src["image_folder"], size, ch)
+    if spec.kind == "arrays":
+        return read_arrays(src["arrays"], size, ch)
+    if spec.kind == "tfds":
+        return read_tfds(src["tfds"], src["image_key"], src["label_key"], src["data_dir"], size, ch)
+    return None
+
+
+def _register_user(spec: TaskSpec, data: UserData | None) -> str:
+    name, where = spec.name, spec.origin
+    if name in _REGISTRY or name in _ALIASES or name in TASK_SETS:
+        raise UserError(f"{where}: task name '{name}' is a built-in task or set; set name = \"my_{name}\"")
+    source_names = data.class_names if data is not None else DATASETS[spec.source["dataset"]].class_names
+    label_map, class_names = _label_map(spec, source_names)
+    dataset = spec.source["dataset"] if spec.kind == "dataset" else f"user:{spec.kind}"
+    desc = spec.description or f"{name}: {len(class_names)} classes from {data.source if data else dataset}"
+    task = Task(name, dataset, label_map, class_names, False, desc)
+    old = _USER.get(name)
+    if old is not None:
+        same = (_comparable(old.spec) == _comparable(spec) and old.task == task
+                and (old.data is None) == (data is None) and (data is None or old.data.fingerprint == data.fingerprint))
+        if not same:
+            raise UserError(f"{where}: task name '{name}' is already taken by {old.spec.origin} with other data "
+                            "or classes; give this task another name")
+        return name
+    _USER[name] = UserTask(task, spec, data)
+    return name
+
+
+def _comparable(spec: TaskSpec) -> dict:
+    d = spec.to_dict()
+    d.pop("origin")
+    return d
+
+
+def _class_index(sel, names: tuple[str, ...], where: str) -> int:
+    if isinstance(sel, str) and sel in names:
+        return names.index(sel)
+    if isinstance(sel, int) and 0 <= sel < len(names):
+        return sel
+    raise UserError(f"{where}: classes: no source class {sel!r}; {did_you_mean(str(sel), names)}")
+
+
+def _label_map(spec: TaskSpec, names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Source class -> task label (-1: dropped) and the task's class names, from the spec's class map."""
+    if spec.classes is None:
+        return tuple(range(len(names))), tuple(names)
+    lm, out, rest = [-1] * len(names), [], None
+    for label, (new_name, sels) in enumerate(spec.classes):
+        for sel in sels:
+            if sel == REST:
+                rest = label
+                continue
+            i = _class_index(sel, names, spec.origin)
+            if lm[i] != -1:
+                raise UserError(f"{spec.origin}: classes: source class '{names[i]}' is listed twice; "
+                                "list each source class once")
+            lm[i] = label
+        out.append(new_name if new_name is not None else names[_class_index(sels[0], names, spec.origin)])
+    if rest is not None:
+        lm = [rest if v == -1 else v for v in lm]
+    empty = [out[k] for k in range(len(out)) if k not in lm]
+    if empty:
+        raise UserError(f"{spec.origin}: classes: '{empty[0]}' gets no source class ('*' matches none left); "
+                        "list at least one class for it")
+    return tuple(lm), tuple(out)
 
 
 # --- preprocessing --------------------------------------------------------------------------
@@ -267,8 +424,14 @@ class TaskData:
 
     def summary(self) -> str:
         s = self.sizes
-        return (f"task {self.task}: {self.dataset} from {self.source}; {self.num_classes} classes; "
+        line = (f"task {self.task}: {self.dataset} from {self.source}; {self.num_classes} classes; "
                 f"train {s['train']}, val {s['val']}, test {s['test']} examples")
+        counts = self.settings.get("class_counts")
+        if counts:   # user tasks: examples per class and split
+            per = ", ".join(f"{c} {'/'.join(str(counts[sp][c]) for sp in ('train', 'val', 'test'))}"
+                            for c in self.class_names)
+            line += f"; per class (train/val/test): {per}"
+        return line
 
     def record(self) -> dict:
         """What a result file records about the data."""
@@ -293,6 +456,10 @@ def load_task_data(task: str, input_shape: tuple[int, int, int], source: str = "
     t = get_task(task)
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if t.name in _USER:
+        return _load_user_task(_USER[t.name], tuple(input_shape), source, split_seed=split_seed,
+                               val_fraction=val_fraction, max_train=max_train, max_eval=max_eval,
+                               normalization=normalization, data_dir=data_dir)
     raw: RawDataset = load_dataset(t.dataset, source, data_dir)
     norm = normalization or default_normalization(t.dataset)
 
@@ -322,6 +489,97 @@ def load_task_data(task: str, input_shape: tuple[int, int, int], source: str = "
     return TaskData(task=t.name, dataset=t.dataset, source=raw.source, num_classes=t.num_classes,
                     class_names=t.class_names, x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va,
                     x_test=x_te, y_test=y_te, input_shape=tuple(input_shape), settings=settings)
+
+
+def _builtin_data(spec: TaskSpec, source: str, data_dir: str | None) -> UserData:
+    key = (spec.source["dataset"], source, data_dir, spec.input_size, spec.channels)
+    if key not in _BUILTIN_CACHE:
+        raw = load_dataset(spec.source["dataset"], source, data_dir)
+        _BUILTIN_CACHE.clear()   # one at a time: they are large
+        _BUILTIN_CACHE[key] = from_raw(raw, spec.input_size, spec.channels)
+    return _BUILTIN_CACHE[key]
+
+
+def _stratified(y: np.ndarray, fraction: float, seed: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, carved)`` indices: ``fraction`` of each class (at least one) carved with a fixed seed."""
+    rng = np.random.default_rng(list(seed))
+    carved = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        carved.append(idx[:max(1, int(round(fraction * len(idx))))])
+    carved = np.sort(np.concatenate(carved))
+    return np.setdiff1d(np.arange(len(y)), carved), carved
+
+
+def _check_enough(u: UserTask, y: np.ndarray, need: int, val_fraction: float) -> None:
+    counts = np.bincount(y, minlength=u.task.num_classes)
+    k = int(np.argmin(counts))
+    if counts[k] < need:
+        test = f", test {u.spec.test_fraction}" if need > 2 else ""
+        raise UserError(f"{u.spec.origin}: class '{u.task.class_names[k]}' has {counts[k]} example(s); the splits "
+                        f"(val {val_fraction}{test}) need at least {need} per class: add examples, merge "
+                        "classes in `classes`, or drop it")
+
+
+def fit_to_net(x: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """A user task's uint8 images for a net: within 8 px of its (square) input they are padded/cropped
+    by :func:`preprocess` like the built-in datasets (28 <-> 32), any other size is resized (bilinear)."""
+    h, w = input_shape[:2]
+    ih, iw = x.shape[1:3]
+    if (ih, iw) == (h, w) or (ih == iw and h == w and abs(ih - h) <= 8):
+        return x
+    return resize_images(x, (h, w))
+
+
+def _user_splits(u: UserTask, data: UserData, split_seed: int, val_fraction: float) -> dict:
+    """Class-mapped train/val/test (uint8, task labels), stratified carving with fixed seeds."""
+    lm = np.asarray(u.task.label_map)
+
+    def mapped(x, y):
+        keep = np.flatnonzero(lm[y] >= 0)
+        return x[keep], lm[y[keep]].astype(np.int32)
+
+    xtr, ytr = mapped(data.train_images, data.train_labels)
+    carve = data.test_images is None
+    _check_enough(u, ytr, 3 if carve else 2, val_fraction)
+    if carve:
+        keep, te = _stratified(ytr, u.spec.test_fraction, (split_seed, 1))
+        (xte, yte), (xtr, ytr) = (xtr[te], ytr[te]), (xtr[keep], ytr[keep])
+    else:
+        xte, yte = mapped(data.test_images, data.test_labels)
+    if len(yte) == 0:
+        raise UserError(f"{u.spec.origin}: the test split has no example of the task's classes; add test "
+                        "images of them or drop the test/ tree (a test split is then carved)")
+    keep, va = _stratified(ytr, val_fraction, (split_seed, 2))
+    return {"train": (xtr[keep], ytr[keep]), "val": (xtr[va], ytr[va]), "test": (xte, yte)}
+
+
+def _load_user_task(u: UserTask, input_shape, source: str, *, split_seed: int, val_fraction: float,
+                    max_train, max_eval, normalization, data_dir) -> TaskData:
+    spec, t = u.spec, u.task
+    data = u.data if u.data is not None else _builtin_data(spec, source, data_dir)
+    val_fraction = spec.val_fraction or val_fraction
+    caps = {"train": _least(max_train, spec.max_train), "val": max_eval, "test": _least(max_eval, spec.max_test)}
+    norm = normalization or default_normalization(t.dataset)
+    out, counts = {}, {}
+    for k, (split, (x, y)) in enumerate(_user_splits(u, data, split_seed, val_fraction).items()):
+        order = np.random.default_rng(split_seed + 1 + k).permutation(len(y))[:caps[split]]
+        x, y = x[order], y[order]
+        out[split] = (preprocess(fit_to_net(x, input_shape), input_shape, norm), y)
+        n = np.bincount(y, minlength=t.num_classes)
+        counts[split] = {c: int(n[i]) for i, c in enumerate(t.class_names)}
+    settings = {"split_seed": split_seed, "val_fraction": val_fraction, "max_train": caps["train"],
+                "max_eval": max_eval, "normalization": norm, "balanced": False, "spec": spec.to_dict(),
+                "data_sha256": data.fingerprint, "class_counts": counts}
+    return TaskData(task=t.name, dataset=t.dataset, source=f"{data.source} (sha256 {data.fingerprint[:12]})",
+                    num_classes=t.num_classes, class_names=t.class_names, x_train=out["train"][0],
+                    y_train=out["train"][1], x_val=out["val"][0], y_val=out["val"][1], x_test=out["test"][0],
+                    y_test=out["test"][1], input_shape=tuple(input_shape), settings=settings)
+
+
+def _least(*caps):
+    given = [c for c in caps if c is not None]
+    return min(given) if given else None
 
 
 def task_data(task: str, input_shape: tuple[int, int, int], data_cfg, *, max_train: int | None = None) -> TaskData:

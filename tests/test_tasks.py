@@ -99,3 +99,46 @@ def test_fashion_tasks_real_data():
     assert (d.y_train == 1).sum() == (d.y_train == 0).sum()
     four = tasks.load_task_data("fashion_4class", (32, 32, 1), "files", max_train=2000)
     assert four.num_classes == 4 and set(np.unique(four.y_train)) == {0, 1, 2, 3}
+
+
+# --- user tasks: specs over a built-in dataset (the class map), spec validation --------------------
+def test_spec_class_map_over_a_builtin_dataset(tmp_path):
+    spec = tmp_path / "mnist_small_vs_big.toml"
+    spec.write_text('source = "mnist"\nclasses = { small = [0, 1, 2], seven = ["7"], rest = "*" }\n'
+                    '[splits]\nmax_train = 200\nmax_test = 50\n')
+    name = tasks.canonical(str(spec))
+    t = tasks.get_task(name)
+    assert name == "mnist_small_vs_big" and t.class_names == ("small", "seven", "rest")
+    assert t.label_map == (0, 0, 0, 2, 2, 2, 2, 1, 2, 2) and not t.indicator
+    d = tasks.load_task_data(name, (28, 28, 1), "bundled", max_eval=80)
+    assert d.sizes == {"train": 200, "val": 80, "test": 50}
+    assert d.record()["spec"]["source"] == {"dataset": "mnist"} and len(d.record()["data_sha256"]) == 64
+
+
+@pytest.mark.parametrize("text, match", [
+    ('source = "mnist"\n[splits]\nval_frac = 0.2\n', "unknown field 'splits.val_frac'.*did you mean 'val_fraction'"),
+    ('source = { image_folder = "x", size = 3 }\n', "unknown field 'source.size'"),
+    ('source = { folder = "x" }\n', "unknown field 'source.folder'.*did you mean 'image_folder'"),
+    ('source = "mnits"\n', "not a built-in dataset.*did you mean 'mnist'"),
+    ('name = "a b"\nsource = "mnist"\n', "name 'a b'"),
+    ('source = "mnist"\nclasses = [3]\n', "at least 2"),
+    ('source = "mnist"\nclasses = { a = [1], b = [1] }\n', "listed twice"),
+    ('source = "mnist"\ninput_size = 2\n', "input_size"),
+    ('source = "mnist"\nchannels = 2\n', "channels must be 1"),
+    ('source = "mnist"\n[splits]\nval_fraction = 1.5\n', r"splits.val_fraction must be in \(0, 1\)"),
+    ('name = "mnist_10way"\nsource = "mnist"\n', "built-in task"),
+    ('source = "mnist"\nclasses = [0, 1\n', "not valid TOML"),
+])
+def test_spec_validation_is_one_line_naming_the_file(tmp_path, text, match):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match) as e:
+        tasks.canonical(str(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_task_points_to_specs():
+    with pytest.raises(UserError, match="docs/tasks.md"):
+        tasks.canonical("no_such_task")
+    with pytest.raises(UserError, match="cannot read"):
+        tasks.canonical("/nonexistent/spec.toml")

@@ -20,6 +20,9 @@ Sources, in the order ``auto`` tries them:
 
 :func:`load_dataset` returns a :class:`RawDataset` that says which source it
 came from; the task layer prints and records it.
+
+A user's own data (image folders, arrays, any TFDS dataset) is read by ``user``; ``spec`` parses the
+task spec files that name it (the task layer turns a spec's class map into a task).
 """
 from __future__ import annotations
 
@@ -152,7 +155,8 @@ def _tfds_source(info: DatasetInfo, data_dir: str | None, split: str):
         return None
 
 
-def _read_tfds(source) -> tuple[np.ndarray, np.ndarray]:
+def _read_tfds(source, image_key: str = "image", label_key: str = "label",
+               image_fn=None) -> tuple[np.ndarray, np.ndarray]:
     n = len(source)
     if n == 0:
         return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0,), np.int64)
@@ -165,8 +169,17 @@ def _read_tfds(source) -> tuple[np.ndarray, np.ndarray]:
             records = None
     if records is None:
         records = [source[i] for i in range(n)]
-    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-    labels = np.asarray([int(r["label"]) for r in records], np.int64)
+    images = [np.asarray(r[image_key]) for r in records]
+    if image_fn is not None:
+        images = [image_fn(im) for im in images]
+    if len({im.shape for im in images}) > 1:
+        sizes = sorted({im.shape for im in images})[:2]
+        raise UserError(f"split '{getattr(source, 'split', '?')}': images of mixed sizes ({sizes[0]}, "
+                        f"{sizes[1]}, ...); set input_size = [H, W] in the spec to resize them")
+    images = np.stack(images)
+    if images.dtype != np.uint8 and image_key == "image" and label_key == "label":
+        images = images.astype(np.uint8)   # the built-in datasets' images are uint8 already
+    labels = np.asarray([int(r[label_key]) for r in records], np.int64)
     if images.ndim == 3:
         images = images[..., None]
     return images, labels
@@ -181,6 +194,41 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None) -> dict[str, np.ndarray]
     out["train_images"], out["train_labels"] = _read_tfds(train)
     out["test_images"], out["test_labels"] = _read_tfds(test)
     return out
+
+
+def tfds_arrays(name: str, image_key: str = "image", label_key: str = "label", data_dir: str | None = None,
+                image_fn=None) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None]:
+    """Any prepared TFDS dataset with an image and a label feature: ``(arrays, class names)``.
+
+    ``arrays`` has ``train_images``/``train_labels`` and, when the dataset has a ``test`` split,
+    ``test_images``/``test_labels``; class names come from the label feature when it has them.
+    ``image_fn`` (e.g. a resize) is applied to each image before they are stacked.
+    """
+    info = DatasetInfo(name, name, (), "tfds", ())
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        raise UserError(f"tfds '{name}': tensorflow-datasets is not installed; pip install "
+                        "'tanas_jax[tfds]'") from None
+    train = _tfds_source(info, data_dir, "train")
+    if train is None:
+        raise UserError(f"tfds '{name}' is not prepared{f' in {data_dir}' if data_dir else ''} (no train split); "
+                        f"run `tfds build {name} --file_format=array_record` or set source.data_dir")
+    features = getattr(getattr(train, "dataset_info", None), "features", None)
+    for key in (image_key, label_key):
+        if features is not None and key not in features:
+            raise UserError(f"tfds '{name}' has no feature '{key}'; {did_you_mean(key, list(features.keys()))}; "
+                            "set source.image_key / source.label_key")
+    out = {}
+    try:
+        out["train_images"], out["train_labels"] = _read_tfds(train, image_key, label_key, image_fn)
+        test = _tfds_source(info, data_dir, "test")
+        if test is not None:
+            out["test_images"], out["test_labels"] = _read_tfds(test, image_key, label_key, image_fn)
+    except UserError as e:
+        raise UserError(f"tfds '{name}': {e}") from None
+    names = getattr(features[label_key], "names", None) if features is not None else None
+    return out, (tuple(str(n) for n in names) if names else None)
 
 
 def _load_bundled_mnist() -> dict[str, np.ndarray] | None:
