@@ -628,6 +628,8 @@ def apply_override(cfg, item: str) -> None:
         raise UserError(f"override '{item}' must look like section.field=value (e.g. train.epochs=3)")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise UserError(f"override '{item}': '{key.strip()}' is not a section.field name (e.g. train.epochs=3)")
     node = cfg
     for p in parts[:-1]:
         if not hasattr(node, "keys") or p not in node:

@@ -532,3 +532,13 @@ def test_malformed_genotype_json(text, tmp_path_factory):
             assert Genotype.from_dict(g.to_dict()) == g
         else:
             assert g.ops and g.structures
+
+
+@pytest.mark.parametrize("item", [".=1", "a..b=1", "train.=3", "=3", " .x=1", "train.epochs.x=1"])
+def test_set_keys_that_are_not_dotted_names_are_one_line(item):
+    """Found by the --set property in CI: a key '.' reached ConfigDict and raised ValueError."""
+    from tanas_jax.config import load_config
+    from tanas_jax.errors import UserError
+
+    with pytest.raises(UserError):
+        load_config("quick", [item])

@@ -110,9 +110,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UserError(f"{message} (see {self.prog} --help)")
 
+    common_seed = False   # set by add_common_args: --seed defaults to 0 and excludes --seeds
+
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
-        if not hasattr(ns, "seed"):
+        if not self.common_seed or not hasattr(ns, "seed"):
             return ns, rest
         if ns.seed is None:   # --seed was not given: its default
             ns.seed = 0
@@ -188,6 +190,7 @@ def add_common_args(p: argparse.ArgumentParser, *, out: bool = True, bank: bool 
         p.add_argument("--bank", default=None, help="task bank folder (default: $TANAS_BANK or ./bank)")
     if seed:
         p.add_argument("--seed", type=_seed, default=None, help="random seed (default 0)")
+        p.common_seed = True
     if out:
         p.add_argument("--out", default=None, help="write DIR/result.json (and plots) here")
     p.add_argument("--no-progress", action="store_true",
