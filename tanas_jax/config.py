@@ -643,7 +643,7 @@ def apply_override(cfg, item: str) -> None:
                         f"{did_you_mean(leaf, valid)}")
     try:
         node[leaf] = parse_value(raw)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:   # ConfigDict refuses a value of another type, or a dict with dotted keys
         raise UserError(f"override '{item}': {e}") from None
 
 
@@ -660,7 +660,7 @@ def updated(cfg, changes: Mapping[str, Any]):
             raise UserError(f"no config field '{key}'; {did_you_mean(parts[-1], node.keys())}")
         try:
             node[parts[-1]] = value
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise UserError(f"{key}: {e}") from None
     check_config(new)
     return new

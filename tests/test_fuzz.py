@@ -465,7 +465,7 @@ VALUES = st.one_of(LITERALS.map(repr), st.text(max_size=12),
                                     "[28, 28]", "[1, 2, 3]", "x" * 50, "1_000", "0x10", "True"]))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)   # CI-stable; explored with 40+ seeds by hand
 @given(items=st.lists(st.tuples(KEYS, VALUES), min_size=1, max_size=3))
 @example(items=[("transform.hidden_scale", "['x']")])
 @example(items=[("search.input_shape", "[28, 28, 'a']")])
@@ -508,7 +508,7 @@ GENOTYPE_TEXT = st.one_of(JSON_VALUES.map(json.dumps), _genotype_like().map(json
                           _genotype_like().map(lambda d: json.dumps(d)[:-3]))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(text=GENOTYPE_TEXT)
 @example(text='{"nodes": null, "ops": null, "edges": null, "structures": true}')
 @example(text='{"ops": null}')
@@ -534,9 +534,11 @@ def test_malformed_genotype_json(text, tmp_path_factory):
             assert g.ops and g.structures
 
 
-@pytest.mark.parametrize("item", [".=1", "a..b=1", "train.=3", "=3", " .x=1", "train.epochs.x=1"])
+@pytest.mark.parametrize("item", [".=1", "a..b=1", "train.=3", "=3", " .x=1", "train.epochs.x=1",
+                                  "data.source={'.': None}"])
 def test_set_keys_that_are_not_dotted_names_are_one_line(item):
-    """Found by the --set property in CI: a key '.' reached ConfigDict and raised ValueError."""
+    """Found by the --set property in CI: a key '.' (or a dict value with one) reached ConfigDict, which
+    raised ValueError."""
     from tanas_jax.config import load_config
     from tanas_jax.errors import UserError
 
