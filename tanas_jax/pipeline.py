@@ -27,7 +27,6 @@ The config passed in is never changed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -248,37 +247,37 @@ def search_data(cfg, task: str, input_shape: tuple | None = None):
     return tasks.task_data(task, input_shape or s.input_shape, cfg.data, max_train=s.max_train)
 
 
-def _fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, method: str) -> dict:
-    """One search (FUSE or random), cached in the bank by a fingerprint of its inputs."""
+    """One search (FUSE or random), cached in the bank (``Bank.cached``) by a digest of its inputs."""
     import numpy as np
 
+    from tanas_jax.bank import inputs_digest
     from tanas_jax.config import section, to_dict
     from tanas_jax.search.fuse import fuse_search
     from tanas_jax.search.random_search import random_search
 
     final = section(run.cfg, "final")
-    key = "search-" + _fingerprint({"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg),
-                                    "final": to_dict(final),
-                                    "seed": run.seed, "data": data.record()})
-    hit = run.bank.load_artifact(task, "searches", key)   # TODO(cached): Bank.cached
-    if hit is not None:
+    inputs = {"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg), "final": to_dict(final),
+              "seed": run.seed, "data": data.record()}
+    digest = inputs_digest(inputs, 16)
+    ran: dict = {}
+
+    def compute():
+        ck = os.path.join(run.out, "checkpoints", f"{task}-{method}-{digest[-8:]}") if run.out else None
+        run.log(f"== {method} for {task}, space {label}: {len(space.ops)} ops ({', '.join(space.ops)}), "
+                f"{space.size()} cells")
+        if method == "random":
+            ran["result"] = random_search(data, space, fcfg, run.seed, final=final, log=run.log)
+        else:
+            ran["result"] = fuse_search(data, space, fcfg, run.seed, final=final, checkpoint_dir=ck, log=run.log)
+        return {"done": np.ones(1, np.int8)}, {"result": json.loads(json.dumps(ran["result"], default=json_default))}
+
+    _, meta, hit = run.bank.cached(task, "searches", inputs, compute, key_prefix="search-", digest_chars=16)
+    if hit:
         led.reused.append(f"{method} search for {task} in space {label} (bank)")
-        return hit[1]["result"]
-    ck = os.path.join(run.out, "checkpoints", f"{task}-{method}-{key[-8:]}") if run.out else None
-    run.log(f"== {method} for {task}, space {label}: {len(space.ops)} ops ({', '.join(space.ops)}), "
-            f"{space.size()} cells")
-    if method == "random":
-        res = random_search(data, space, fcfg, run.seed, final=final, log=run.log)
-    else:
-        res = fuse_search(data, space, fcfg, run.seed, final=final, checkpoint_dir=ck, log=run.log)
-    run.bank.save_artifact(task, "searches", key, {"done": np.ones(1, np.int8)},   # TODO(cached): Bank.cached
-                           {"result": json.loads(json.dumps(res, default=json_default))})
+        return meta["result"]
     led.computed.append(f"{method} search for {task} in space {label}")
-    return res
+    return ran["result"]
 
 
 def _searches(run: _Run, led: _Ledger, data, space, fcfg, baselines: bool) -> dict:
