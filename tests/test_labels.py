@@ -221,3 +221,104 @@ def test_negative_and_padded_labels(digits, nets):
     # labels within the outputs pass; without labels (mc) nothing is checked
     fisher_diag(apply, v, x, y % 4, method="fast")
     fisher_diag(apply, v, x, estimator="mc", method="fast")
+
+
+# ---------------------------------------------------------------- a 2/4/10-class distance table
+
+TABLE = {"mnist_digit0": 2, "mnist_4class": 4, "mnist_10way": 10}
+EXAMPLES, FULL = 12, 8
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """A bank of small_cnn networks (initial weights, scaled; no training) for a 2-, a 4- and a 10-class task,
+    the config of a table over them, and the naive padded gradients ``{(base, target): (M, n)}`` of every
+    base on every target's Fisher examples."""
+    from tanas_jax import models
+    from tanas_jax.bank import Bank
+    from tanas_jax.config import load_config
+    from tanas_jax.tasks import task_data
+
+    bank = Bank(str(tmp_path_factory.mktemp("labels") / "bank"))
+    cfg = load_config("quick", ["data.source='bundled'", "data.max_train=120", "data.max_eval=40",
+                                f"fisher.examples={EXAMPLES}", f"fisher.full_examples={FULL}", "train.net='small_cnn'"])
+    nets, grads = {}, {}
+    for i, (task, c) in enumerate(TABLE.items()):
+        v = models.init("small_cnn", c, jax.random.PRNGKey(i))
+        v = {"params": jax.tree_util.tree_map(lambda a: 1.5 * a, v["params"])}
+        bank.save_network(task, "small_cnn", 0, v, {"num_classes": c})
+        nets[task] = (models.make_apply("small_cnn", c), v)
+    for target, k in TABLE.items():
+        d = task_data(target, models.get_net("small_cnn").input_shape, cfg.data)
+        x, y = np.asarray(d.x_train[:EXAMPLES], np.float32), np.asarray(d.y_train[:EXAMPLES])
+        for base, (apply, v) in nets.items():
+            width = max(k, TABLE[base])
+
+            def logp(p, xi, yi, apply=apply, width=width):
+                logits = apply({"params": p}, xi[None])[0]
+                return jax.nn.log_softmax(jnp.pad(logits, (0, width - logits.shape[0])))[yi]
+
+            g1 = jax.jit(jax.grad(logp))
+            grads[base, target] = np.stack([flat(g1(v["params"], x[i], int(y[i]))) for i in range(EXAMPLES)])
+    return bank, cfg, nets, grads
+
+
+def _crop_head(G, params, c):
+    """Columns of G (flattened like ``params``) with the head's class axis cropped to its first ``c``."""
+    from tanas_jax.fisher import leaf_names
+
+    cols, off = [], 0
+    for name, a in zip(leaf_names(params), jax.tree_util.tree_leaves(params)):
+        block = G[:, off: off + a.size].reshape((G.shape[0],) + a.shape)
+        off += a.size
+        cols.append((block[..., :c] if name.startswith("head/") else block).reshape(G.shape[0], -1))
+    return np.concatenate(cols, axis=1)
+
+
+def test_table_fishers_of_mixed_class_tasks_equal_the_padded_loop(table):
+    """Every (base, target) Fisher a table uses -- diagonal and Gram spectrum -- equals the loop's, and the
+    table's diag / full log-det and full Fréchet entries are those of the loop's Fishers."""
+    from tanas_jax.distance import frechet_distance_full, logdet_distance_diag, logdet_distance_full, nuclear_norm
+    from tanas_jax.distance.table import FisherStore, fisher_distance_table
+
+    bank, cfg, nets, grads = table
+    store = FisherStore(bank, cfg, progress=False)
+    tasks = list(TABLE)
+
+    def tree(vec, base):
+        """A flattened Fisher back in ``base``'s parameter tree."""
+        params = nets[base][1]["params"]
+        leaves = jax.tree_util.tree_leaves(params)
+        ends = np.cumsum([a.size for a in leaves])
+        parts = [vec[e - a.size: e].reshape(a.shape) for a, e in zip(leaves, ends)]
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), parts)
+
+    naive_diag, naive_eigs = {}, {}
+    for (b, t), G in grads.items():
+        naive_diag[b, t] = (G ** 2).mean(0)
+        got, meta = store.fisher(b, t, 0)
+        assert meta["info"]["method"] == "fast" and meta["inputs"]["version"] == (2 if TABLE[t] > TABLE[b] else 1)
+        assert_close(got, naive_diag[b, t])
+        Gf = G[:FULL]
+        naive_eigs[b, t] = np.clip(np.linalg.eigvalsh(Gf @ Gf.T / FULL)[::-1], 0, None)
+        eigs, n = store.gram_eigs(b, t, 0, "all")
+        assert n == G.shape[1]
+        np.testing.assert_allclose(eigs, naive_eigs[b, t], rtol=1e-5, atol=1e-5 * naive_eigs[b, t][0])
+    for spectrum, metric in (("diag", "logdet"), ("full", "logdet"), ("full", "frechet")):
+        c = cfg.copy_and_resolve_references()
+        c.distance.spectrum, c.distance.metric = spectrum, metric
+        d = np.array(fisher_distance_table(bank, tasks, c, [0], progress=False)["mean"])
+        for (i, b), (j, t) in ((p, q) for p in enumerate(tasks) for q in enumerate(tasks) if p[0] != q[0]):
+            if spectrum == "diag":
+                ref = logdet_distance_diag(tree(naive_diag[b, t], b), tree(naive_diag[t, t], t),
+                                           sigma2=1e-10, head="pad")
+            elif metric == "logdet":
+                n = max(grads[b, t].shape[1], grads[t, t].shape[1])
+                ref = logdet_distance_full(naive_eigs[b, t], n, naive_eigs[t, t], n, sigma2=1e-10)
+            else:
+                k = min(TABLE[b], TABLE[t])
+                gb = _crop_head(grads[b, t][:FULL], nets[b][1]["params"], k)
+                gt = _crop_head(grads[t, t][:FULL], nets[t][1]["params"], k)
+                ref = frechet_distance_full(naive_eigs[b, t].sum(), naive_eigs[t, t].sum(),
+                                            nuclear_norm(gb @ gt.T / FULL))
+            assert d[i, j] == pytest.approx(ref, rel=1e-4, abs=1e-6), (spectrum, metric, b, t)
