@@ -85,7 +85,65 @@ def _row(mixture: str, recs: list[dict], stages: int) -> list[str]:
         n = sum(p == 0 for p, _ in picks)
         cells.append(f"**{n}/{len(recs)}**: " + ", ".join(f"{NAMES[p]} {m:.2f}" for p, m in picks))
     accs = ", ".join("/".join(f"{a:.2f}" for a in r["val_accuracy"]) for r in recs)
-    return [mixture, *cells, accs]
+    by_val = sum(r["val_winner"] == 0 for r in recs)
+    return [mixture, *cells, f"{by_val}/{len(recs)}", accs]
+
+
+def safe_margin(recs: list[dict]) -> float:
+    """The smallest margin m such that, in every run, each stage whose softmax(α) margin exceeds m already
+    has the run's final leader: stopping at m would never have changed a pick (0 when no stage misleads)."""
+    worst = 0.0
+    for r in recs:
+        final = pick_at(r, len(r["softmax_alpha_per_stage"]) - 1)[0]
+        for s in range(1, len(r["softmax_alpha_per_stage"])):
+            p, m = pick_at(r, s)
+            if p != final:
+                worst = max(worst, m)
+    return worst
+
+
+def stops_at(rec: dict, margin: float) -> tuple[int, int]:
+    """(stage, pick) where a round with ``margin`` early stopping would end (the run's last stage if never)."""
+    n = len(rec["softmax_alpha_per_stage"]) - 1
+    for s in range(1, n + 1):
+        p, m = pick_at(rec, s)
+        if m > margin:
+            return s, p
+    return n, pick_at(rec, n)[0]
+
+
+def _margin_lines(recs: dict, stages: int) -> list[str]:
+    from tanas_jax.config import FuseConfig
+
+    m0 = FuseConfig().margin
+    lines = ["", f"**Margin.** Largest softmax(α) margin at which a stage's leader was *not* the {stages}-stage "
+             "leader (a stop there would have changed the pick), per mixture: "
+             + ", ".join(f"{m} {safe_margin(rs):.2f}" for m, rs in recs.items())
+             + f". With the default `fuse.margin` = {m0} and `max_stages` = {stages}, rounds would stop at "
+             "(stage, pick) per seed: "
+             + "; ".join(f"{m}: " + ", ".join(f"{s} {NAMES[p]}" for s, p in (stops_at(r, m0) for r in rs))
+                         for m, rs in recs.items()) + "."]
+    return lines
+
+
+def _reading(recs: dict, stages: int) -> list[str]:
+    def score(m, s):
+        return sum(pick_at(r, s)[0] == 0 for r in recs[m])
+
+    got = {m: (score(m, QUICK_STAGES), score(m, stages)) for m in recs}
+    n = len(next(iter(recs.values())))
+    summary = "; ".join(f"`{m}` {a}/{n} after {QUICK_STAGES} and {b}/{n} after {stages} stages"
+                        for m, (a, b) in got.items())
+    return ["", f"**Reading.** α picks the conv cell: {summary}. Under `logits` (the papers' eq. (7)) the all-`none` "
+            "cell, whose output is a constant, acts as a temperature: weighting it by w scales the other cells' "
+            "logits by 1 - w, and validation cross-entropy rewards that calibration, so α drifts towards `none` as "
+            "stages go on (and the conv cell's own accuracy inside the mixture can drop: the candidates co-adapt "
+            "to one shared output). `log_softmax` keeps that knob (a weighted sum of log-probabilities is a "
+            "tempered geometric mixture). Under `probs` the loss is -log of the α-weighted mixture of the "
+            "candidates' class probabilities; a constant candidate contributes only 1/K to it, so weighting it "
+            "costs cross-entropy wherever another candidate is right, and α follows the candidates' accuracy. "
+            "A small final margin means two candidates are close in accuracy, which the own-accuracy column shows.",
+            ""]
 
 
 def render(mixtures, seeds, stages: int, out: str, doc: str, wall_s: float | None) -> str:
@@ -106,9 +164,11 @@ def render(mixtures, seeds, stages: int, out: str, doc: str, wall_s: float | Non
         "(30 weight + 10 α steps per stage, batch 64, tiny skeleton), early stopping off; the pick after 3 stages is "
         f"softmax(α) after stage 3 of the same {stages}-stage run.", "",
         f"| mixture | α picks conv after 3 stages (pick, margin per seed) | after {stages} stages | "
-        f"own val accuracy conv/none/skip after {stages} stages, per seed |",
-        "|---|---|---|---|"]
+        f"winner=val picks conv ({stages} stages) | own val accuracy conv/none/skip after {stages} stages, per seed |",
+        "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(_row(m, recs[m], stages)) + " |" for m in mixtures]
+    lines += _margin_lines(recs, stages)
+    lines += _reading(recs, stages)
     lines += ["", "Margin = softmax(α) of the leader minus the runner-up. Own val accuracy = each candidate "
               "evaluated alone (eval-mode BatchNorm) with the weights it has inside the mixture.", ""]
     text = "\n".join(lines)
