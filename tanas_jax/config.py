@@ -273,7 +273,7 @@ class FuseConfig:
     # ('0' or '' disables); not part of the checkpoint fingerprint
     compilation_cache: str | None = None
     # what α mixes: probs (α-weighted mixture of each candidate's softmax) | logits (TA-NAS / LD-NAS
-    # eq. (7), the papers' and authors' choice) | log_softmax (normalised logits, a geometric mixture)
+    # eq. (7), the papers' and authors' choice) | log_softmax (normalised logits: the same loss as logits)
     mixture: str = "probs"
     # a round stops once softmax(α)'s leader exceeds the runner-up by more than this (1 = never)
     margin: float = 0.5

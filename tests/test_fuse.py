@@ -80,6 +80,10 @@ def test_probs_and_log_softmax_mixtures_match_numpy():
     np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, rtol=1e-5)
     geo = sum(w[c] * (z[c] - np.log(np.exp(z[c]).sum(-1, keepdims=True))) for c in range(3))
     np.testing.assert_allclose(mixture_log_softmax(jnp.asarray(alpha), jnp.asarray(logits)), geo, rtol=1e-5)
+    # ... which, once the cross-entropy normalises it, is the logit mixture of eq. (7): the same loss
+    lin = sum(w[c] * z[c] for c in range(3))
+    np.testing.assert_allclose(geo - np.log(np.exp(geo).sum(-1, keepdims=True)),
+                               lin - np.log(np.exp(lin).sum(-1, keepdims=True)), rtol=1e-10)
     # the loss of the probs mixture is -log of the mixed probability of the label
     y = rng.randint(0, 5, 6)
     ce = runtime.cross_entropy(jnp.asarray(got), jnp.asarray(y))

@@ -26,7 +26,10 @@ with a conv / all-``none`` / all-``skip_connect`` cell, α drifts to the
 ``probs`` mixes the candidates' class *probabilities*: the loss is
 ``-log Σ_c softmax(α)_c p_c(y|x)``, a mixture of experts in which a constant
 candidate can only contribute its uniform 1/K; ``log_softmax`` normalises each
-candidate's logits before mixing (a geometric mixture).  All three return
+candidate's logits before mixing (a geometric mixture) -- which changes nothing:
+Σ_c w_c log_softmax(z_c) differs from Σ_c w_c z_c by a per-example constant that
+the cross-entropy removes, so it is eq. (7) up to float rounding (kept so the
+measurement can be rerun).  All three return
 (B, K) scores whose cross-entropy is the loss, so the steps are the same code.
 
 **Parameters and optimiser.****Parameters and optimiser.**  The C candidates' parameters and α form one
