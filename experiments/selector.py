@@ -142,8 +142,10 @@ def _reading(recs: dict, stages: int) -> list[str]:
             "Under `probs` the loss is -log of the α-weighted mixture of the "
             "candidates' class probabilities; a constant candidate contributes only 1/K to it, so weighting it "
             "costs cross-entropy wherever another candidate is right, and α follows the candidates' accuracy. "
-            "A small final margin means two candidates are close in accuracy, which the own-accuracy column shows.",
-            ""]
+            "A small final margin means two candidates are close in accuracy, which the own-accuracy column shows. "
+            "`--winner val` (each candidate's own validation accuracy) picks conv in "
+            + ", ".join(f"{sum(r['val_winner'] == 0 for r in rs)}/{len(rs)} (`{m}`)" for m, rs in recs.items())
+            + f" after {stages} stages.", ""]
 
 
 def render(mixtures, seeds, stages: int, out: str, doc: str, wall_s: float | None) -> str:
@@ -159,7 +161,9 @@ def render(mixtures, seeds, stages: int, out: str, doc: str, wall_s: float | Non
         f"{','.join(map(str, seeds))} --stages {stages}`", "",
         f"Machine: {st['machine']['platform']}, {st['machine']['cpu_count']} CPUs shared with other jobs; "
         f"jax {st['versions'].get('jax')}, flax {st['versions'].get('flax')}."
-        + (f" Wall time {wall_s / 60:.1f} min." if wall_s else ""), "",
+        + (f" Wall time {wall_s / 60:.1f} min." if wall_s else "")
+        + f" One {stages}-stage round took {min(r['run_s'] for rs in recs.values() for r in rs):.0f}-"
+        f"{max(r['run_s'] for rs in recs.values() for r in rs):.0f} s (compile included).", "",
         f"Data: {TASK} (real Fashion-MNIST, data.source auto), {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, {MAX_TRAIN} train / "
         f"{MAX_EVAL} validation examples. One FUSE round per seed with the quick preset's `fuse` section "
         "(30 weight + 10 α steps per stage, batch 64, tiny skeleton), early stopping off; the pick after 3 stages is "

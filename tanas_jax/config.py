@@ -275,8 +275,9 @@ class FuseConfig:
     # what α mixes: probs (α-weighted mixture of each candidate's softmax) | logits (TA-NAS / LD-NAS
     # eq. (7), the papers' and authors' choice) | log_softmax (normalised logits: the same loss as logits)
     mixture: str = "probs"
-    # a round stops once softmax(α)'s leader exceeds the runner-up by more than this (1 = never)
-    margin: float = 0.5
+    # a round stops once softmax(α)'s leader exceeds the runner-up by more than this (1 = never);
+    # 0.25 = 2x the largest margin at which a leader later lost (0.12, docs/results_selector.md)
+    margin: float = 0.25
     winner: str = "alpha"         # alpha: argmax α (eq. (10), the papers) | val: best own val accuracy
 
     def __post_init__(self):

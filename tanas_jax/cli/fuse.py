@@ -2,7 +2,7 @@
 
     bin/fuse --task mnist_10way --space from:task7 [--candidates 3] [--rounds 10] [--bank DIR] [--out DIR]
     bin/fuse --task mnist_10way --compare standard,from:task7,random --out DIR
-    bin/fuse ... [--winner alpha|val] [--mixture probs|logits|log_softmax] [--margin 0.5]
+    bin/fuse ... [--winner alpha|val] [--mixture probs|logits|log_softmax] [--margin 0.25]
 
 Searches cells in ``--space`` (standard | from:TASK | from:closest[:k] |
 ops:a,b,c | a JSON file), trains the winner from scratch, tests it once and
