@@ -36,7 +36,7 @@ def _accuracy_panel(ax, history, spans, colors) -> None:
                        edgecolors="k" if c == h["winner"] else "none")
         ax.axvline(b + 0.5, color="0.85", lw=0.8)
     ax.set_ylabel("own val acc")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.08)
     ax.set_xlabel("stage (rounds separated by grey lines; m = softmax(α) margin, w = winner)")
 
 
