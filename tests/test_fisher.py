@@ -263,6 +263,38 @@ def test_step_compiles_once_for_repeated_calls():
     assert fn._cache_size() == before == 1
 
 
+def test_microbatches_run_in_one_compiled_loop_with_or_without_progress(monkeypatch):
+    """All microbatches go through ONE jitted loop per call; with a progress bar they go in chunks
+    of ``PROGRESS_CHUNK`` (a ragged last chunk reuses the same executable), with the same result
+    as the one-example-at-a-time loop."""
+    from tanas_jax.fisher import diag
+
+    apply, variables, x, y = _setup(*NETS["bn"], m=9)
+    ref = naive_fisher(apply, variables, x, y)
+    calls = []
+    real = diag._accumulate
+
+    def counting(job, step, mesh, microbatch, bar):
+        def counted(*args):
+            calls.append(int(args[-2]))       # the trip count of this call
+            return step(*args)
+        return real(job, counted, mesh, microbatch, bar)
+
+    monkeypatch.setattr(diag, "_accumulate", counting)
+    monkeypatch.setattr(diag, "PROGRESS_CHUNK", 2)
+    eng = FisherEngine()
+    one = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=2)       # 5 microbatches
+    assert calls == [5]
+    calls.clear()
+    chunked = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=2, progress=True)
+    assert calls == [2, 2, 1]
+    (fn,) = eng.steps.values()
+    assert fn._cache_size() == 2    # one executable for 8 stacked microbatches, one for chunks of 2
+    assert_tree_close(one, ref)
+    assert_tree_close(chunked, ref)
+    assert_tree_close(chunked, one, rtol=1e-6)
+
+
 def test_engine_caches_stay_bounded_over_many_calls():
     """A long run of calls with ever new ``apply`` closures keeps every cache at its bound."""
     module = Tiny()
