@@ -169,6 +169,23 @@ def test_vmap_and_fast_equal_naive_loop(net):
         assert_tree_close(fisher_diag(apply, variables, x, y, method="fast", microbatch=9), ref)
 
 
+@pytest.mark.parametrize("n,npix,k,o", [(6, 1, 5, 3), (6, 4, 7, 3), (16, 9, 6, 4), (16, 25, 40, 300), (12, 16, 9, 5)])
+def test_conv_kernel_square_sum_forms_equal_a_numpy_loop(n, npix, k, o):
+    """Every form of ``sum_i w_i (p_i^T d_i)**2`` (pixel pairs, one einsum, chunks of examples) equals
+    a float64 numpy loop over examples, whichever form the shape selects."""
+    from tanas_jax.fisher import fast
+
+    rng = np.random.RandomState(n + npix)
+    p, d = rng.randn(n, npix, k).astype(np.float32), rng.randn(n, npix, o).astype(np.float32)
+    wt = rng.rand(n).astype(np.float32)
+    ref = sum(float(wt[i]) * (p[i].astype(np.float64).T @ d[i].astype(np.float64)) ** 2 for i in range(n))
+    forms = {"quadratic": fast._kernel_sq_quadratic, "direct": fast._kernel_sq_direct,
+             "chunked": fast._kernel_sq_chunked, "chosen": fast.conv_kernel_sq}
+    for name, f in forms.items():
+        np.testing.assert_allclose(np.asarray(jax.jit(f)(p, d, wt)), ref, rtol=2e-5, atol=2e-5 * ref.max(),
+                                   err_msg=name)
+
+
 def test_real_model_zoo_net_small_cnn():
     from tanas_jax.models import init, make_apply
     v = init("small_cnn", 2, jax.random.PRNGKey(3))
