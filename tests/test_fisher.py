@@ -281,9 +281,9 @@ def test_step_compiles_once_for_repeated_calls():
 
 
 def test_microbatches_run_in_one_compiled_loop_with_or_without_progress(monkeypatch):
-    """All microbatches go through ONE jitted loop per call; with a progress bar they go in chunks
-    of ``PROGRESS_CHUNK`` (a ragged last chunk reuses the same executable), with the same result
-    as the one-example-at-a-time loop."""
+    """On accelerators all microbatches go through ONE jitted loop per call; with a progress bar in
+    chunks of ``PROGRESS_CHUNK`` (a ragged last chunk reuses the same executable); on CPU one
+    microbatch per call.  Every way gives the one-example-at-a-time loop's result."""
     from tanas_jax.fisher import diag
 
     apply, variables, x, y = _setup(*NETS["bn"], m=9)
@@ -299,6 +299,10 @@ def test_microbatches_run_in_one_compiled_loop_with_or_without_progress(monkeypa
 
     monkeypatch.setattr(diag, "_accumulate", counting)
     monkeypatch.setattr(diag, "PROGRESS_CHUNK", 2)
+    host = FisherEngine().fisher_diag(apply, variables, x, y, method="fast", microbatch=2)
+    assert calls == [1] * 5            # CPU default: one microbatch per call, no device loop
+    calls.clear()
+    monkeypatch.setattr(diag, "CPU_HOST_LOOP", False)   # what accelerators do
     eng = FisherEngine()
     one = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=2)       # 5 microbatches
     assert calls == [5]
@@ -310,6 +314,8 @@ def test_microbatches_run_in_one_compiled_loop_with_or_without_progress(monkeypa
     assert_tree_close(one, ref)
     assert_tree_close(chunked, ref)
     assert_tree_close(chunked, one, rtol=1e-6)
+    assert_tree_close(host, ref)
+    assert_tree_close(host, one, rtol=1e-6)
 
 
 def test_engine_caches_stay_bounded_over_many_calls():

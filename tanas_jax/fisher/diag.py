@@ -20,10 +20,12 @@ Two exact paths compute the same numbers:
 * ``method='auto'`` uses ``fast`` when every parameter belongs to a layer it
   understands, each called once, and ``vmap`` otherwise.
 
-Examples are processed in microbatches inside one jitted ``fori_loop`` with a
-donated accumulator: one call for all microbatches, or calls of
+On accelerators, microbatches are processed inside one jitted ``fori_loop``
+with a donated accumulator: one call for all microbatches, or calls of
 ``PROGRESS_CHUNK`` microbatches while a progress bar is shown (the trip count
-is an argument, so a ragged last chunk needs no new compile); the example axis of each microbatch is sharded
+is an argument, so a ragged last chunk needs no new compile).  On CPU, where
+XLA runs loop bodies about 2x slower, each call takes one microbatch
+(``CPU_HOST_LOOP``); the example axis of each microbatch is sharded
 over ``devices`` with a 1-D ``jax.sharding.Mesh`` (results are identical up to
 float summation order).  The jitted steps live in the caller's
 :class:`~tanas_jax.fisher.core.FisherCaches` (a ``FisherEngine``).
@@ -110,6 +112,10 @@ STEPS = {"vmap": vmap_step, "fast": fast_step, "authors": authors_step}
 
 
 PROGRESS_CHUNK = 8  # microbatches per jitted call while a progress bar is shown
+# XLA:CPU runs a loop body about 2x slower than the same step jitted on its own (measured,
+# docs/performance.md section 4): on CPU devices each call takes ONE microbatch (the same executable,
+# no loop); on accelerators all microbatches of a call run in one device loop.
+CPU_HOST_LOOP = True
 
 
 def _loop(base, acc, params, rest, xs, ys, ws, idxs, count, rng, **kw):
@@ -118,6 +124,9 @@ def _loop(base, acc, params, rest, xs, ys, ws, idxs, count, rng, **kw):
     A ``fori_loop`` with a traced trip count: a ragged last chunk reuses the
     executable of full chunks (microbatches past ``count`` are never read).
     """
+    if xs.shape[0] == 1:  # one microbatch per call (the CPU default): no loop at all
+        return base(acc, params, rest, xs[0], ys[0], ws[0], idxs[0], rng, **kw)
+
     def body(k, a):
         x, y, w, idx = (jax.lax.dynamic_index_in_dim(t, k, keepdims=False) for t in (xs, ys, ws, idxs))
         return base(a, params, rest, x, y, w, idx, rng, **kw)
@@ -308,9 +317,12 @@ def _chunk_arrays(x_np, y, m, step0, chunk, microbatch):
     return [a.reshape((chunk, microbatch) + a.shape[1:]) for a in args], count, nb
 
 
-def _chunk_size(n_steps: int, progress: bool) -> int:
-    """Microbatches per jitted call: :data:`PROGRESS_CHUNK` with a progress bar, else all of them,
-    rounded up to a power of two so that data sets of similar size share one executable."""
+def _chunk_size(n_steps: int, progress: bool, cpu: bool) -> int:
+    """Microbatches per jitted call: one on CPU (:data:`CPU_HOST_LOOP`); elsewhere
+    :data:`PROGRESS_CHUNK` with a progress bar, else all of them, rounded up to a power of two so
+    that data sets of similar size share one executable."""
+    if cpu and CPU_HOST_LOOP:
+        return 1
     if progress:
         return min(PROGRESS_CHUNK, n_steps)
     return 1 << (n_steps - 1).bit_length()
@@ -319,8 +331,9 @@ def _chunk_size(n_steps: int, progress: bool) -> int:
 def _accumulate(job: _Job, step, mesh: Mesh, microbatch: int, bar):
     """Run ``step`` over all microbatches; the summed (unnormalised) tree and the microbatch count.
 
-    Without a progress bar every microbatch runs in one jitted call; with one,
-    in calls of :data:`PROGRESS_CHUNK` microbatches.  A chunk is padded to its
+    On accelerators, without a progress bar every microbatch runs in one jitted
+    call; with one, in calls of :data:`PROGRESS_CHUNK` microbatches.  On CPU,
+    one microbatch per call (:data:`CPU_HOST_LOOP`).  A chunk is padded to its
     fixed shape and its trip count is an argument, so the last, shorter chunk
     reuses the same compiled executable.
     """
@@ -334,7 +347,7 @@ def _accumulate(job: _Job, step, mesh: Mesh, microbatch: int, bar):
     data_sh = NamedSharding(mesh, P(None, "data"))
     x_np = np.asarray(job.x)
     n_steps = -(-m // microbatch)
-    chunk = _chunk_size(n_steps, bar is not None)
+    chunk = _chunk_size(n_steps, bar is not None, mesh.devices.flat[0].platform == "cpu")
     for k in range(0, n_steps, chunk):
         args, count, nb = _chunk_arrays(x_np, job.y, m, k, chunk, microbatch)
         if nd > 1:

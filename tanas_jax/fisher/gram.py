@@ -12,8 +12,9 @@ With G the M x n matrix of per-example gradients and F = G^T G / M:
 Blocks of ``microbatch`` examples are computed with ``vmap(grad)``; at most
 two blocks (2 x microbatch x n floats) live on the device for a Gram or a
 cross-Gram, whose block pairs are multiplied in float64 on the host.
-:func:`per_example_gradients` returns all M x n gradients: it computes every
-block in one jitted ``lax.map`` (no host loop).  When all M x n
+:func:`per_example_gradients` returns all M x n gradients: on accelerators it
+computes every block in one jitted ``lax.map`` (no host loop); on CPU block by
+block (XLA:CPU runs loop bodies about 2x slower).  When all M x n
 gradients fit in half of ``memory_budget`` they are kept on the host and each
 block is computed once; otherwise blocks are recomputed per block pair.  The
 jitted block functions live in the caller's ``FisherEngine``.
@@ -80,6 +81,8 @@ def _block_fn(apply, estimator: str, selection, leaf_scale):
 
     @jax.jit
     def blocks(params, rest, xs, ys, idxs, rng):
+        if xs.shape[0] == 1:  # one block: no loop
+            return block(params, rest, xs[0], ys[0], idxs[0], rng)[None]
         return jax.lax.map(lambda t: block(params, rest, *t, rng), (xs, ys, idxs))
 
     return blocks
@@ -118,7 +121,10 @@ class _Blocks:
         return g
 
     def all(self):
-        """Every block's gradients ``(M, n)``, computed in ONE jitted call (no host loop)."""
+        """Every block's gradients ``(M, n)``: in ONE jitted call on accelerators; on CPU, where XLA
+        runs loop bodies about 2x slower (docs/performance.md section 4), block by block."""
+        if jax.devices()[0].platform == "cpu":
+            return jnp.concatenate([self.get(k) for k in range(self.n_blocks)], axis=0)
         g = self.fn(*self._stacked(0, self.n_blocks), self.rng)
         return _finite(g.reshape((-1,) + g.shape[2:])[: self.m])
 
