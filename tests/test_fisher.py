@@ -169,6 +169,23 @@ def test_vmap_and_fast_equal_naive_loop(net):
         assert_tree_close(fisher_diag(apply, variables, x, y, method="fast", microbatch=9), ref)
 
 
+@pytest.mark.parametrize("n,npix,k,o", [(6, 1, 5, 3), (6, 4, 7, 3), (16, 9, 6, 4), (16, 25, 40, 300), (12, 16, 9, 5)])
+def test_conv_kernel_square_sum_forms_equal_a_numpy_loop(n, npix, k, o):
+    """Every form of ``sum_i w_i (p_i^T d_i)**2`` (pixel pairs, one einsum, chunks of examples) equals
+    a float64 numpy loop over examples, whichever form the shape selects."""
+    from tanas_jax.fisher import fast
+
+    rng = np.random.RandomState(n + npix)
+    p, d = rng.randn(n, npix, k).astype(np.float32), rng.randn(n, npix, o).astype(np.float32)
+    wt = rng.rand(n).astype(np.float32)
+    ref = sum(float(wt[i]) * (p[i].astype(np.float64).T @ d[i].astype(np.float64)) ** 2 for i in range(n))
+    forms = {"quadratic": fast._kernel_sq_quadratic, "direct": fast._kernel_sq_direct,
+             "chunked": fast._kernel_sq_chunked, "chosen": fast.conv_kernel_sq}
+    for name, f in forms.items():
+        np.testing.assert_allclose(np.asarray(jax.jit(f)(p, d, wt)), ref, rtol=2e-5, atol=2e-5 * ref.max(),
+                                   err_msg=name)
+
+
 def test_real_model_zoo_net_small_cnn():
     from tanas_jax.models import init, make_apply
     v = init("small_cnn", 2, jax.random.PRNGKey(3))
@@ -261,6 +278,44 @@ def test_step_compiles_once_for_repeated_calls():
     (fn2,) = eng.steps.values()
     assert fn2 is fn
     assert fn._cache_size() == before == 1
+
+
+def test_microbatches_run_in_one_compiled_loop_with_or_without_progress(monkeypatch):
+    """On accelerators all microbatches go through ONE jitted loop per call; with a progress bar in
+    chunks of ``PROGRESS_CHUNK`` (a ragged last chunk reuses the same executable); on CPU one
+    microbatch per call.  Every way gives the one-example-at-a-time loop's result."""
+    from tanas_jax.fisher import diag
+
+    apply, variables, x, y = _setup(*NETS["bn"], m=9)
+    ref = naive_fisher(apply, variables, x, y)
+    calls = []
+    real = diag._accumulate
+
+    def counting(job, step, mesh, microbatch, bar):
+        def counted(*args):
+            calls.append(int(args[-2]))       # the trip count of this call
+            return step(*args)
+        return real(job, counted, mesh, microbatch, bar)
+
+    monkeypatch.setattr(diag, "_accumulate", counting)
+    monkeypatch.setattr(diag, "PROGRESS_CHUNK", 2)
+    host = FisherEngine().fisher_diag(apply, variables, x, y, method="fast", microbatch=2)
+    assert calls == [1] * 5            # CPU default: one microbatch per call, no device loop
+    calls.clear()
+    monkeypatch.setattr(diag, "CPU_HOST_LOOP", False)   # what accelerators do
+    eng = FisherEngine()
+    one = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=2)       # 5 microbatches
+    assert calls == [5]
+    calls.clear()
+    chunked = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=2, progress=True)
+    assert calls == [2, 2, 1]
+    (fn,) = eng.steps.values()
+    assert fn._cache_size() == 2    # one executable for 8 stacked microbatches, one for chunks of 2
+    assert_tree_close(one, ref)
+    assert_tree_close(chunked, ref)
+    assert_tree_close(chunked, one, rtol=1e-6)
+    assert_tree_close(host, ref)
+    assert_tree_close(host, one, rtol=1e-6)
 
 
 def test_engine_caches_stay_bounded_over_many_calls():

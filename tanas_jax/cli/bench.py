@@ -19,6 +19,8 @@ from tanas_jax.errors import UserError
 BENCHMARKS = {
     "fisher": "per_example_grads.py",   # Fisher engine (issue 3)
     "fuse": "fuse_step.py",             # FUSE steps (issue 4)
+    "bank": "bank.py",                  # ranking against banks of K networks (issue 14)
+    "conv": "conv_fisher.py",           # conv-kernel Fisher techniques per layer shape (issue 14)
 }
 
 

@@ -20,8 +20,12 @@ Two exact paths compute the same numbers:
 * ``method='auto'`` uses ``fast`` when every parameter belongs to a layer it
   understands, each called once, and ``vmap`` otherwise.
 
-Examples are processed in microbatches by a jitted step in a Python loop (so a
-progress bar can follow it); the example axis of each microbatch is sharded
+On accelerators, microbatches are processed inside one jitted ``fori_loop``
+with a donated accumulator: one call for all microbatches, or calls of
+``PROGRESS_CHUNK`` microbatches while a progress bar is shown (the trip count
+is an argument, so a ragged last chunk needs no new compile).  On CPU, where
+XLA runs loop bodies about 2x slower, each call takes one microbatch
+(``CPU_HOST_LOOP``); the example axis of each microbatch is sharded
 over ``devices`` with a 1-D ``jax.sharding.Mesh`` (results are identical up to
 float summation order).  The jitted steps live in the caller's
 :class:`~tanas_jax.fisher.core.FisherCaches` (a ``FisherEngine``).
@@ -109,40 +113,67 @@ def authors_postprocess(tree):
 STEPS = {"vmap": vmap_step, "fast": fast_step, "authors": authors_step}
 
 
-def build_step(kind: str, apply: Callable, mesh: Mesh, **kw):
-    """Jitted microbatch step ``(acc, params, rest, x, y, w, idx, rng) -> acc`` (uncached).
+PROGRESS_CHUNK = 8  # microbatches per jitted call while a progress bar is shown
+# XLA:CPU runs a loop body about 2x slower than the same step jitted on its own (measured,
+# docs/performance.md section 4): on CPU devices each call takes ONE microbatch (the same executable,
+# no loop); on accelerators all microbatches of a call run in one device loop.
+CPU_HOST_LOOP = True
 
-    The example axis is split over the mesh with ``jax.shard_map``: each
-    device computes the squared per-example gradients of its own examples and
-    a ``psum`` adds them.  (Letting the SPMD partitioner shard a ``vmap(grad)``
-    automatically gave WRONG per-example conv-kernel gradients on 4 host
-    devices in jax 0.10.2 -- the batched kernel gradient is a grouped
+
+def _loop(base, acc, params, rest, xs, ys, ws, idxs, count, rng, **kw):
+    """``acc`` plus ``base`` over the first ``count`` microbatches of stacked ``(C, mb, ...)`` arrays.
+
+    A ``fori_loop`` with a traced trip count: a ragged last chunk reuses the
+    executable of full chunks (microbatches past ``count`` are never read).
+    """
+    if xs.shape[0] == 1:  # one microbatch per call (the CPU default): no loop at all
+        return base(acc, params, rest, xs[0], ys[0], ws[0], idxs[0], rng, **kw)
+
+    def body(k, a):
+        x, y, w, idx = (jax.lax.dynamic_index_in_dim(t, k, keepdims=False) for t in (xs, ys, ws, idxs))
+        return base(a, params, rest, x, y, w, idx, rng, **kw)
+
+    return jax.lax.fori_loop(0, count, body, acc)
+
+
+def build_step(kind: str, apply: Callable, mesh: Mesh, **kw):
+    """Jitted chunk step ``(acc, params, rest, xs, ys, ws, idxs, count, rng) -> acc`` (uncached).
+
+    ``xs, ys, ws, idxs`` hold ``C`` stacked microbatches (leading axis); the
+    first ``count`` of them run inside ONE compiled loop, the accumulator is
+    donated, so there is no host round trip between microbatches.  The
+    example axis (axis 1) is split over the mesh with ``jax.shard_map``: each
+    device loops over its own part of every microbatch and one ``psum`` at the
+    end adds the devices' sums.  (Letting the SPMD partitioner shard a
+    ``vmap(grad)`` automatically gave WRONG per-example conv-kernel gradients
+    on 4 host devices in jax 0.10.2 -- the batched kernel gradient is a grouped
     convolution -- and ``device_put`` of the params with a ``NamedSharding``
     made ``vmap`` of a grouped conv's kernel gradient raise
     NotImplementedError; explicit per-shard code avoids both.)
     """
     base = STEPS[kind]
     if mesh.size == 1:  # plain jit: no mesh in the avals (see above)
-        def step1(acc, params, rest, x, y, w, idx, rng):
-            return base(acc, params, rest, x, y, w, idx, rng, apply=apply, **kw)
+        def chunk1(acc, params, rest, xs, ys, ws, idxs, count, rng):
+            return _loop(base, acc, params, rest, xs, ys, ws, idxs, count, rng, apply=apply, **kw)
 
-        return jax.jit(step1, donate_argnums=(0,))
+        return jax.jit(chunk1, donate_argnums=(0,))
     extra = {"axis_name": "data"} if kind == "authors" else {}
 
-    def local(params, rest, x, y, w, idx, rng):
+    def local(params, rest, xs, ys, ws, idxs, count, rng):
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        part = base(zeros, params, rest, x, y, w, idx, rng, apply=apply, **kw, **extra)
+        part = _loop(base, zeros, params, rest, xs, ys, ws, idxs, count, rng, apply=apply, **kw, **extra)
         return part if kind == "authors" else jax.lax.psum(part, "data")
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P("data"), P("data"), P()),
+    ex = P(None, "data")
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), ex, ex, ex, ex, P(), P()),
                             out_specs=P(), check_vma=False)
 
-    def step(acc, params, rest, x, y, w, idx, rng):
-        part = sharded(params, rest, x, y, w, idx, rng)
+    def chunk(acc, params, rest, xs, ys, ws, idxs, count, rng):
+        part = sharded(params, rest, xs, ys, ws, idxs, count, rng)
         return jax.tree_util.tree_map(jnp.add, acc, part)
 
-    r, d = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, in_shardings=(r, r, r, d, d, d, d, r), out_shardings=r, donate_argnums=(0,))
+    r, d = NamedSharding(mesh, P()), NamedSharding(mesh, ex)
+    return jax.jit(chunk, in_shardings=(r, r, r, d, d, d, d, r, r), out_shardings=r, donate_argnums=(0,))
 
 
 def cached_step(caches: FisherCaches, kind: str, apply: Callable, mesh: Mesh, **kw):
@@ -276,24 +307,55 @@ class _Unshardable(Exception):
     """The first sharded step raised NotImplementedError (retry on one device)."""
 
 
+def _chunk_arrays(x_np, y, m, step0, chunk, microbatch):
+    """``([xs, ys, ws, idxs] shaped (chunk, microbatch, ...), count, examples)`` from microbatch ``step0`` on.
+
+    Padding examples (weight 0) complete the last microbatch; microbatches past
+    ``count`` are zeros that the loop never reads.
+    """
+    lo = step0 * microbatch
+    args, nb = _microbatch_arrays(x_np, y, m, lo, chunk * microbatch)
+    count = -(-nb // microbatch)
+    return [a.reshape((chunk, microbatch) + a.shape[1:]) for a in args], count, nb
+
+
+def _chunk_size(n_steps: int, progress: bool, cpu: bool) -> int:
+    """Microbatches per jitted call: one on CPU (:data:`CPU_HOST_LOOP`); elsewhere
+    :data:`PROGRESS_CHUNK` with a progress bar, else all of them, rounded up to a power of two so
+    that data sets of similar size share one executable."""
+    if cpu and CPU_HOST_LOOP:
+        return 1
+    if progress:
+        return min(PROGRESS_CHUNK, n_steps)
+    return 1 << (n_steps - 1).bit_length()
+
+
 def _accumulate(job: _Job, step, mesh: Mesh, microbatch: int, bar):
-    """Run ``step`` over all microbatches; the summed (unnormalised) tree and the step count."""
+    """Run ``step`` over all microbatches; the summed (unnormalised) tree and the microbatch count.
+
+    On accelerators, without a progress bar every microbatch runs in one jitted
+    call; with one, in calls of :data:`PROGRESS_CHUNK` microbatches.  On CPU,
+    one microbatch per call (:data:`CPU_HOST_LOOP`).  A chunk is padded to its
+    fixed shape and its trip count is an argument, so the last, shorter chunk
+    reuses the same compiled executable.
+    """
     nd = mesh.size
     m = job.m
     acc = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, jnp.float32), job.params)
     if nd > 1:
         # the accumulator carries the step's output sharding from the start, so
-        # the first and later steps share one compiled executable
+        # the first and later calls share one compiled executable
         acc = jax.device_put(acc, NamedSharding(mesh, P()))
-    data_sh = NamedSharding(mesh, P("data"))
+    data_sh = NamedSharding(mesh, P(None, "data"))
     x_np = np.asarray(job.x)
     n_steps = -(-m // microbatch)
-    for k in range(n_steps):
-        args, nb = _microbatch_arrays(x_np, job.y, m, k * microbatch, microbatch)
+    chunk = _chunk_size(n_steps, bar is not None, mesh.devices.flat[0].platform == "cpu")
+    for k in range(0, n_steps, chunk):
+        args, count, nb = _chunk_arrays(x_np, job.y, m, k, chunk, microbatch)
         if nd > 1:
             args = [jax.device_put(a, data_sh) for a in args]
         try:
-            acc = step(acc, job.params, job.rest, *args, job.rng)
+            acc = step(acc, job.params, job.rest, *args, np.int32(count), job.rng)
         except NotImplementedError as e:
             if nd == 1 or k > 0:
                 raise

@@ -10,7 +10,9 @@ perturbation gradient is each example's own output gradient ``delta_i``
   per-example gradient computations", arXiv 1510.01799; no per-example
   gradient is formed);
 * conv: per-example kernel gradients ``patches_i^T delta_i`` (patches by
-  slicing, :func:`tanas_jax.layers.extract_patches`), squared and summed;
+  slicing, :func:`tanas_jax.layers.extract_patches`), squared and summed, in
+  chunks of examples for large layers, or without per-example kernels at all
+  on tiny maps (:func:`conv_kernel_sq`);
 * biases ``(sum_hw delta_i)**2``; BatchNorm scale ``(sum_hw delta_i * xhat_i)**2``.
 
 :func:`make_plan` traces a network once and lists the layers this path
@@ -185,6 +187,55 @@ def _dense_diag(lp: LayerPlan, a, delta, wt) -> dict:
     return out
 
 
+QUADRATIC_MAX_PIXELS = 4         # output maps of at most this many pixels: no per-example kernels
+DIRECT_MAX_FLOATS = 1 << 17      # per-example kernels of a whole microbatch up to this: one einsum
+CHUNK_EXAMPLES = 8               # otherwise: per-example kernels of this many examples at a time
+
+
+def _kernel_sq_direct(p, d, wt):
+    """All per-example kernels ``p_i^T d_i`` at once, squared, weighted, summed."""
+    g = jnp.einsum("npk,npo->nko", p, d)
+    return jnp.einsum("n,nko->ko", wt, g * g)
+
+
+def _kernel_sq_chunked(p, d, wt):
+    """:func:`_kernel_sq_direct` over groups of examples in a ``lax.scan``: only one group's
+    per-example kernels are alive, and their square-sum is fused per group (measured 1.5-2x faster
+    than one einsum on VGG-16 / ResNet-18 layers, docs/performance.md section 4)."""
+    n = p.shape[0]
+    c = max(k for k in range(1, CHUNK_EXAMPLES + 1) if n % k == 0)
+    xs = (p.reshape((n // c, c) + p.shape[1:]), d.reshape((n // c, c) + d.shape[1:]), wt.reshape(n // c, c))
+
+    def body(acc, t):
+        return acc + _kernel_sq_direct(*t), None
+
+    return jax.lax.scan(body, jnp.zeros((p.shape[-1], d.shape[-1]), p.dtype), xs)[0]
+
+
+def _kernel_sq_quadratic(p, d, wt):
+    """``sum_i w_i (sum_s p_is^T d_is)**2`` expanded over pixel pairs s <= t, as ONE matrix product:
+    ``sum_{i,s<=t} c_st (p_is * p_it)^T (w_i d_is * d_it)`` (c = 1 on the diagonal, 2 off it).
+    No per-example kernel is formed; it pays for small maps only (P(P+1)/2 pairs for P pixels)."""
+    iu, ju = np.triu_indices(p.shape[1])
+    coef = jnp.asarray(np.where(iu == ju, 1.0, 2.0), p.dtype)
+    a = p[:, iu, :] * p[:, ju, :]
+    b = d[:, iu, :] * d[:, ju, :] * (wt[:, None, None] * coef[None, :, None])
+    return jnp.einsum("ntk,nto->ko", a, b)
+
+
+def conv_kernel_sq(p, d, wt):
+    """``sum_i wt_i (p_i^T d_i)**2`` (K, O) from patches ``p`` (N, P, K) and output gradients
+    ``d`` (N, P, O) of a convolution: the fastest exact form for the shape (measured per layer shape
+    on the project's CPUs): the pixel-pair product on maps of <= ``QUADRATIC_MAX_PIXELS`` pixels, one
+    einsum when the per-example kernels are few, else per-example kernels in chunks of examples."""
+    n, npix, k = p.shape
+    if npix <= QUADRATIC_MAX_PIXELS:
+        return _kernel_sq_quadratic(p, d, wt)
+    if n * k * d.shape[-1] <= DIRECT_MAX_FLOATS:
+        return _kernel_sq_direct(p, d, wt)
+    return _kernel_sq_chunked(p, d, wt)
+
+
 def _conv_diag(lp: LayerPlan, a, delta, wt) -> dict:
     out = {}
     kernel, strides, pad, dilation, groups = lp.attrs
@@ -194,8 +245,7 @@ def _conv_diag(lp: LayerPlan, a, delta, wt) -> dict:
     cout = delta.shape[-1]
     kh, kw = kernel
     if groups == 1:
-        g = jnp.einsum("nhwk,nhwo->nko", patches, delta)
-        kd = jnp.einsum("n,nko->ko", wt, g * g)
+        kd = conv_kernel_sq(patches.reshape(n, ho * wo, -1), delta.reshape(n, ho * wo, cout), wt)
         out["kernel"] = kd.reshape(kh, kw, cin, cout)
     else:
         cg, og = cin // groups, cout // groups

@@ -10,7 +10,11 @@ With G the M x n matrix of per-example gradients and F = G^T G / M:
   ``tr((F_b^{1/2} F_t F_b^{1/2})^{1/2})``: the exact full Fréchet distance.
 
 Blocks of ``microbatch`` examples are computed with ``vmap(grad)``; at most
-two blocks (2 x microbatch x n floats) live on the device.  When all M x n
+two blocks (2 x microbatch x n floats) live on the device for a Gram or a
+cross-Gram, whose block pairs are multiplied in float64 on the host.
+:func:`per_example_gradients` returns all M x n gradients: on accelerators it
+computes every block in one jitted ``lax.map`` (no host loop); on CPU block by
+block (XLA:CPU runs loop bodies about 2x slower).  When all M x n
 gradients fit in half of ``memory_budget`` they are kept on the host and each
 block is computed once; otherwise blocks are recomputed per block pair.  The
 jitted block functions live in the caller's ``FisherEngine``.
@@ -58,11 +62,12 @@ def _make_block_fn(caches: FisherCaches, apply, variables, estimator: str, selec
     key = (apply, estimator, tuple((i, nm, tuple((sl.start, sl.stop) for sl in sls)) for i, nm, sls in selection),
            tuple(float(x) for x in leaf_scale), jax.tree_util.tree_structure(rest))
     fn = caches.block_fns.get_or_build(key, lambda: _block_fn(apply, estimator, selection, leaf_scale))
-    return lambda x, y, idx, rng: fn(params, rest, x, y, idx, rng)
+    return lambda xs, ys, idxs, rng: fn(params, rest, xs, ys, idxs, rng)
 
 
 def _block_fn(apply, estimator: str, selection, leaf_scale):
-    @jax.jit
+    """Jitted ``(params, rest, xs, ys, idxs, rng) -> (S, B, n)``: the gradient blocks of ``S`` stacked
+    microbatches in one compiled loop (``lax.map``); one block is a stack of one."""
     def block(params, rest, x, y, idx, rng):
         if estimator == "mc":
             logits = jax.lax.stop_gradient(apply({"params": params, **rest}, x))
@@ -76,7 +81,13 @@ def _block_fn(apply, estimator: str, selection, leaf_scale):
             cols.append(a.reshape(a.shape[0], -1) * sc)
         return jnp.concatenate(cols, axis=1)
 
-    return block
+    @jax.jit
+    def blocks(params, rest, xs, ys, idxs, rng):
+        if xs.shape[0] == 1:  # one block: no loop
+            return block(params, rest, xs[0], ys[0], idxs[0], rng)[None]
+        return jax.lax.map(lambda t: block(params, rest, *t, rng), (xs, ys, idxs))
+
+    return blocks
 
 
 class _Blocks:
@@ -90,23 +101,41 @@ class _Blocks:
         self.n_blocks = -(-self.m // microbatch)
         self.cache = {} if cache else None
 
+    def _stacked(self, k0: int, count: int):
+        """``(xs, ys, idxs)`` of blocks ``k0 .. k0+count-1``, shaped ``(count, mb, ...)``, zero-padded."""
+        lo, hi, n = k0 * self.mb, min(self.m, (k0 + count) * self.mb), count * self.mb
+        xb, yb = self.x[lo:hi], self.y[lo:hi]
+        idx = np.arange(lo, lo + n, dtype=np.int32)
+        if hi - lo < n:
+            pad = n - (hi - lo)
+            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], np.float32)])
+            yb = np.concatenate([yb, np.zeros((pad,), np.int32)])
+        return (xb.reshape((count, self.mb) + xb.shape[1:]), yb.reshape(count, self.mb),
+                idx.reshape(count, self.mb))
+
     def get(self, k):
         if self.cache is not None and k in self.cache:
             return self.cache[k]
         lo, hi = k * self.mb, min(self.m, (k + 1) * self.mb)
-        pad = self.mb - (hi - lo)
-        xb, yb = self.x[lo:hi], self.y[lo:hi]
-        idx = np.arange(lo, lo + self.mb, dtype=np.int32)
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], np.float32)])
-            yb = np.concatenate([yb, np.zeros((pad,), np.int32)])
-        g = self.fn(xb, yb, idx, self.rng)[: hi - lo]
-        if not bool(jnp.all(jnp.isfinite(g))):
-            raise UserError("non-finite per-example gradients in the Gram matrix: the network or data "
-                            "contain NaN/inf; retrain the network or check the data")
+        g = _finite(self.fn(*self._stacked(k, 1), self.rng)[0, : hi - lo])
         if self.cache is not None:
             self.cache[k] = g
         return g
+
+    def all(self):
+        """Every block's gradients ``(M, n)``: in ONE jitted call on accelerators; on CPU, where XLA
+        runs loop bodies about 2x slower (docs/performance.md section 4), block by block."""
+        if jax.devices()[0].platform == "cpu":
+            return jnp.concatenate([self.get(k) for k in range(self.n_blocks)], axis=0)
+        g = self.fn(*self._stacked(0, self.n_blocks), self.rng)
+        return _finite(g.reshape((-1,) + g.shape[2:])[: self.m])
+
+
+def _finite(g):
+    if not bool(jnp.all(jnp.isfinite(g))):
+        raise UserError("non-finite per-example gradients in the Gram matrix: the network or data "
+                        "contain NaN/inf; retrain the network or check the data")
+    return g
 
 
 def _prep(x, y, estimator, apply=None, variables=None, name: str | None = None):
@@ -250,7 +279,7 @@ def per_example_gradients(apply: Callable, variables, x, y=None, *, estimator: s
     mb = microbatch or choose_microbatch(4 * 4 * n, memory_budget // 2, 1)
     blocks = _Blocks(FisherCaches() if engine is None else engine, apply, variables, x, y, estimator, rng, mb,
                      sel, [1.0] * len(sel), cache=False)
-    G = np.concatenate([np.asarray(blocks.get(k)) for k in range(blocks.n_blocks)], axis=0)
+    G = np.asarray(blocks.all())
     return G, [nm for _, nm, _ in sel], shapes
 
 
