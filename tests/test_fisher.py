@@ -145,8 +145,22 @@ def assert_tree_close(a, b, rtol=1e-5):
         np.testing.assert_allclose(p, q, rtol=rtol, atol=rtol * scale, err_msg=name)
 
 
+class FlaxStrideNet(nn.Module):
+    """flax nn.Conv at stride 2 with 'SAME' on even maps: XLA pads these asymmetrically (0 before, 1 after)."""
+
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2, padding="SAME", name="s2")(x))      # 8x8 -> 4x4
+        x = nn.relu(nn.Conv(3, (4, 4), strides=2, padding="SAME", name="s2k4")(x))    # 4x4 -> 2x2
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.classes, name="head")(x)
+
+
 NETS = {
     "convnet": (ConvNet(), (8, 8, 3)),
+    "flax_stride2": (FlaxStrideNet(), (8, 8, 2)),
     "bn": (BNNet(), (6, 6, 2)),
     "seqdense": (SeqDense(), (4, 5)),
 }

@@ -80,7 +80,13 @@ def _classify_conv(mod, x):
         if getattr(mod, "mask", None) is not None:
             return None
     try:
-        pad = resolve_padding(mod.padding, kernel, dilation)
+        if isinstance(mod, nn.Conv) and isinstance(mod.padding, str):
+            # flax's string paddings are XLA's: 'SAME' is asymmetric at stride 2 and depends on the map size
+            span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+            pad = tuple(tuple(int(v) for v in p)
+                        for p in jax.lax.padtype_to_pads(x.shape[1:3], span, strides, mod.padding.upper()))
+        else:
+            pad = resolve_padding(mod.padding, kernel, dilation)
     except (ValueError, TypeError):
         return None
     leaves = ("kernel", "bias") if mod.use_bias else ("kernel",)
