@@ -361,6 +361,7 @@ def _label_map(spec: TaskSpec, names: tuple[str, ...]) -> tuple[tuple[int, ...],
 
 # --- user tasks a bank holds: resolved by bare name ---------------------------------------------
 _BANKS: dict = {}    # bank root -> bank, in the order attached (the latest is asked first)
+_BANKS_KEPT = 8      # the banks of the last few commands / api calls
 _BANK_SOURCES = ("image_folder", "arrays", "tfds")
 
 
@@ -369,6 +370,8 @@ def attach_bank(bank) -> None:
     the registry lacks is looked up in the attached banks, the latest attached first)."""
     _BANKS.pop(bank.root, None)
     _BANKS[bank.root] = bank
+    while len(_BANKS) > _BANKS_KEPT:
+        _BANKS.pop(next(iter(_BANKS)))
 
 
 def banked_record(bank, name: str) -> dict | None:

@@ -61,12 +61,11 @@ def pipeline_config(args):
 
 
 def run(argv) -> int:
-    from tanas_jax import api, tasks
+    from tanas_jax import api
     from tanas_jax.report import COLUMNS
 
     args = build_parser().parse_args(argv)
     progress = progress_from_args(args)
-    tasks.attach_bank(open_bank(args, create=False))    # user tasks banked there resolve by bare name
     cfg = pipeline_config(args)
     out = args.out or os.path.join("runs", f"tanas_{cfg.tanas.target}")
     check_out_dir(out)
