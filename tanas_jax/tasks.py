@@ -406,6 +406,13 @@ def banked_user_tasks(bank) -> dict[str, dict]:
     return out
 
 
+def has_data(name: str) -> bool:
+    """Whether task ``name``'s data can be loaded here: False only for a banked user task registered for
+    its networks only (:func:`register_banked`)."""
+    u = _USER.get(canonical(name))
+    return not (u is not None and u.network_only)
+
+
 def _from_banks(name: str) -> str | None:
     for bank in reversed(list(_BANKS.values())):
         rec = banked_record(bank, name)

@@ -90,13 +90,14 @@ def test_a_banked_memory_task_serves_as_a_base_by_name_in_a_new_process(example)
     code = (f"from tanas_jax import api\nfrom tanas_jax.errors import UserError\n"
             f"import runpy\nex = runpy.run_path({EXAMPLE!r})\nb = api.open_bank({bank!r})\n"
             f"r = api.rank(b, ex['bases_here']()[0], bases=[{name!r}], seeds=[0], overrides=ex['OVERRIDES'])\n"
-            f"print('RANKED', r.rows[0].base, r.rows[0].mean)\n"
+            f"from tanas_jax import tasks\n"
+            f"print('RANKED', r.rows[0].base, r.rows[0].mean, tasks.has_data({name!r}))\n"
             f"try:\n    api.rank(b, {name!r}, bases=ex['bases_here'](), seeds=[0], overrides=ex['OVERRIDES'])\n"
             f"except UserError as e:\n    print('REFUSED', e)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     ranked = [line.split() for line in p.stdout.splitlines() if line.startswith("RANKED")]
-    assert ranked and ranked[0][1] == name and np.isfinite(float(ranked[0][2]))
+    assert ranked and ranked[0][1] == name and np.isfinite(float(ranked[0][2])) and ranked[0][3] == "False"
     refused = [line for line in p.stdout.splitlines() if line.startswith("REFUSED")]
     assert refused and "not here" in refused[0] and "pass its spec or data again" in refused[0]
 
