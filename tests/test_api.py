@@ -155,3 +155,16 @@ def test_bad_input_is_one_user_error_line(call, says, tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         call()
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_spec_a_bank_records_reads_back_the_same(tmp_path):
+    from tanas_jax.data.spec import from_dict, from_record
+
+    spec = from_dict({"name": "clothes", "source": {"image_folder": "photos"}, "input_size": [28, 30],
+                      "channels": 1, "classes": {"top": ["t-shirt", 3], "rest": "*"},
+                      "splits": {"val_fraction": 0.2, "max_train": 50}, "description": "d"}, "s.toml", str(tmp_path))
+    back = from_record(json.loads(json.dumps(spec.to_dict())), "bank record")
+    assert back.to_dict() == {**spec.to_dict(), "origin": "bank record"}
+    assert back.source == {"image_folder": str(tmp_path / "photos")} and back.classes == spec.classes
+    with pytest.raises(UserError, match="bank record: the recorded task spec is incomplete"):
+        from_record({"name": "x"}, "bank record")
