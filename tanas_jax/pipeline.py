@@ -189,6 +189,9 @@ def _bases_have_data(run: _Run) -> bool:
     d = section(run.cfg, "data")
     missing = []
     for b in run.bases:
+        if not tasks.has_data(b):   # a banked user task known by its networks only
+            missing.append(b)
+            continue
         try:
             srcs = data.available_sources(tasks.get_task(b).dataset, d.data_dir)
         except UserError:   # not a registry dataset: its own loader reports what is wrong

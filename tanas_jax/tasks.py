@@ -24,8 +24,10 @@ Registered families:
 User tasks (``docs/tasks.md``): a spec file (``*.toml``/``*.json``), an inline form (``folder:PATH``,
 ``npz:PATH``, ``tfds:NAME``) or :func:`register_arrays` registers a task over the user's data
 (``tanas_jax.data.spec`` parses specs, ``tanas_jax.data.user`` reads the data); :func:`canonical`
-accepts a spec wherever a task name is.  Their splits are stratified per class, and their
-:meth:`TaskData.record` carries the spec and a sha256 of the loaded arrays.
+accepts a spec wherever a task name is.  A user task a bank holds networks of resolves by its bare
+name once that bank is attached (:func:`attach_bank`): it is rebuilt from the spec its networks recorded,
+or, when its data is not here, registered for its networks only (enough for a base).  Their splits are
+stratified per class, and their :meth:`TaskData.record` carries the spec and a sha256 of the loaded arrays.
 
 Splits are deterministic and independent of the training seed: the raw train
 split is permuted with ``split_seed`` (default 0) and its last
@@ -41,7 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tanas_jax.data import DATASETS, RawDataset, load_dataset
-from tanas_jax.data.spec import INLINE, REST, TaskSpec, check_name, is_spec_ref, spec_from_ref
+from tanas_jax.data.spec import INLINE, REST, TaskSpec, check_name, from_record, is_spec_ref, spec_from_ref
 from tanas_jax.data.user import (
     UserData,
     from_arrays,
@@ -182,6 +184,9 @@ def canonical(name: str) -> str:
         return _ALIASES[name]
     if is_spec_ref(name):
         return register_spec(name)
+    banked = _from_banks(name)
+    if banked is not None:
+        return banked
     import difflib
 
     close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES) + list(_USER), n=3)
@@ -228,6 +233,7 @@ class UserTask:
     task: Task
     spec: TaskSpec
     data: UserData | None
+    network_only: str = ""     # a banked task whose data is not here: where its networks are (no data)
 
 
 _USER: dict[str, UserTask] = {}
@@ -303,7 +309,7 @@ def _register_user(spec: TaskSpec, data: UserData | None) -> str:
     desc = spec.description or f"{name}: {len(class_names)} classes from {data.source if data else dataset}"
     task = Task(name, dataset, label_map, class_names, False, desc)
     old = _USER.get(name)
-    if old is not None:
+    if old is not None and not old.network_only:
         same = (_comparable(old.spec) == _comparable(spec) and old.task == task
                 and (old.data is None) == (data is None) and (data is None or old.data.fingerprint == data.fingerprint))
         if not same:
@@ -351,6 +357,94 @@ def _label_map(spec: TaskSpec, names: tuple[str, ...]) -> tuple[tuple[int, ...],
         raise UserError(f"{spec.origin}: classes: '{empty[0]}' gets no source class ('*' matches none left); "
                         "list at least one class for it")
     return tuple(lm), tuple(out)
+
+
+# --- user tasks a bank holds: resolved by bare name ---------------------------------------------
+_BANKS: dict = {}    # bank root -> bank, in the order attached (the latest is asked first)
+_BANKS_KEPT = 8      # the banks of the last few commands / api calls
+_BANK_SOURCES = ("image_folder", "arrays", "tfds")
+
+
+def attach_bank(bank) -> None:
+    """Let the bare names of the user tasks ``bank`` holds networks of resolve in :func:`canonical` (a name
+    the registry lacks is looked up in the attached banks, the latest attached first)."""
+    _BANKS.pop(bank.root, None)
+    _BANKS[bank.root] = bank
+    while len(_BANKS) > _BANKS_KEPT:
+        _BANKS.pop(next(iter(_BANKS)))
+
+
+def banked_record(bank, name: str) -> dict | None:
+    """What ``bank`` recorded about user task ``name`` (the ``data`` record of its first readable network:
+    ``spec``, ``data_sha256``, ``class_counts``, ``source``..., plus ``class_names`` and ``net``), or None
+    when the bank has no network of a user task of that name.  Built-in task names are never looked up."""
+    if name in _REGISTRY or name in _ALIASES or name in TASK_SETS:
+        return None
+    try:
+        entries = bank.network_entries(name)
+    except UserError:            # not a name the bank can hold
+        return None
+    for t, net, seed in entries:
+        try:
+            found = bank.find_network(t, net, seed)
+        except UserError:        # a damaged entry: another seed may be fine (bin/bank verify reports it)
+            continue
+        meta = found[1] if found else {}
+        rec = meta.get("data") or {}
+        if rec.get("spec"):
+            return {**rec, "class_names": list(meta.get("class_names") or []), "net": net}
+    return None
+
+
+def banked_user_tasks(bank) -> dict[str, dict]:
+    """``{name: record}`` (:func:`banked_record`) of every user task ``bank`` holds networks of."""
+    out = {}
+    for name in bank.tasks():
+        rec = banked_record(bank, name)
+        if rec is not None:
+            out[name] = rec
+    return out
+
+
+def has_data(name: str) -> bool:
+    """Whether task ``name``'s data can be loaded here: False only for a banked user task registered for
+    its networks only (:func:`register_banked`)."""
+    u = _USER.get(canonical(name))
+    return not (u is not None and u.network_only)
+
+
+def _from_banks(name: str) -> str | None:
+    for bank in reversed(list(_BANKS.values())):
+        rec = banked_record(bank, name)
+        if rec is not None:
+            return register_banked(name, rec, f"task {name} (bank {bank.root})")
+    return None
+
+
+def register_banked(name: str, record: dict, origin: str) -> str:
+    """Register user task ``name`` from a bank's ``record`` (:func:`banked_record`): rebuilt from the
+    recorded spec when its data is here with the recorded sha256; otherwise for its banked networks only
+    (a base needs just those): loading its data then says to pass its spec or data again."""
+    spec = from_record(record["spec"], origin)
+    if spec.name != name:
+        raise UserError(f"{origin}: its networks record the spec of task '{spec.name}'; remove the entry "
+                        "(bin/bank rm) or retrain it")
+    if spec.kind == "dataset":
+        return _register_user(spec, None)
+    data = None
+    if spec.kind in _BANK_SOURCES:
+        try:
+            data = _read_source(spec)
+        except UserError:        # moved or deleted: the networks still serve as a base
+            data = None
+    if data is not None and data.fingerprint == record.get("data_sha256"):
+        return _register_user(spec, data)
+    names = tuple(record.get("class_names") or ())
+    task = Task(name, f"user:{spec.kind}", tuple(range(len(names))), names, False,
+                spec.description or f"{name}: {len(names)} classes (banked networks only)")
+    where = "its data is not here" if data is None else "its data has changed since"
+    _USER[name] = UserTask(task, spec, None, network_only=f"{origin}: {where}")
+    return name
 
 
 # --- preprocessing --------------------------------------------------------------------------
@@ -557,6 +651,9 @@ def _user_splits(u: UserTask, data: UserData, split_seed: int, val_fraction: flo
 def _load_user_task(u: UserTask, input_shape, source: str, *, split_seed: int, val_fraction: float,
                     max_train, max_eval, normalization, data_dir) -> TaskData:
     spec, t = u.spec, u.task
+    if u.network_only:
+        raise UserError(f"{u.network_only} ({spec.source_text()}): as a base it needs only its banked networks; "
+                        "to use it as a target or train new networks, pass its spec or data again")
     data = u.data if u.data is not None else _builtin_data(spec, source, data_dir)
     val_fraction = spec.val_fraction or val_fraction
     caps = {"train": _least(max_train, spec.max_train), "val": max_eval, "test": _least(max_eval, spec.max_test)}

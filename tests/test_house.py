@@ -31,6 +31,7 @@ LAYERS = [
     {"tanas_jax.distance"},
     {"tanas_jax.search"},
     {"tanas_jax.pipeline", "tanas_jax.report"},
+    {"tanas_jax.api"},
     {"tanas_jax.cli"},
 ]
 

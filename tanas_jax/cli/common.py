@@ -221,6 +221,7 @@ def config_from_args(args):
     """A new config from ``--config``, ``--set`` and ``--data-source``/``--data-dir``, checked whole: the
     data folder exists and every skeleton is known (the checks that need later layers than the config)."""
     from tanas_jax.data import check_data_dir
+    from tanas_jax.tasks import attach_bank
 
     if getattr(args, "data_dir", None) and getattr(args, "data_source", None) == "bundled":
         raise UserError("--data-dir is not used by --data-source bundled; drop one of them")
@@ -230,6 +231,8 @@ def config_from_args(args):
                         "data.data_dir": getattr(args, "data_dir", None) or None})
     check_data_dir(cfg.data.data_dir, "--data-dir" if getattr(args, "data_dir", None) else "data.data_dir")
     check_skeletons(cfg)
+    if hasattr(args, "bank"):   # the user tasks banked there resolve by bare name (tasks.attach_bank)
+        attach_bank(open_bank(args, create=False))
     return cfg
 
 

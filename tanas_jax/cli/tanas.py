@@ -4,14 +4,13 @@
               [--config quick|paper|FILE] [--bank DIR] [--out DIR]
 
 Parses the command line into a config (``--target`` etc. are the ``tanas``
-section's fields), runs :func:`tanas_jax.pipeline.run_pipeline`, writes
-``OUT/report.md`` and PNGs (:func:`tanas_jax.report.write_report`) and
-``OUT/result.json``, and prints the summary table.
+section's fields), runs :func:`tanas_jax.api.run_tanas` (the pipeline, then
+``OUT/report.md``, its PNGs and ``OUT/result.json``), and prints the summary
+table.  A user task the ``--bank`` holds networks of is accepted by its bare name.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from tanas_jax.cli.common import (
@@ -28,7 +27,6 @@ from tanas_jax.cli.common import (
     progress_from_args,
     run_as_script,
     updated,
-    write_result,
 )
 from tanas_jax.config import METRICS
 from tanas_jax.errors import UserError
@@ -63,24 +61,17 @@ def pipeline_config(args):
 
 
 def run(argv) -> int:
-    from tanas_jax import provenance
-    from tanas_jax.io import json_default
-    from tanas_jax.pipeline import run_pipeline
-    from tanas_jax.report import COLUMNS, write_report
-    from tanas_jax.search.runtime import enable_compilation_cache
+    from tanas_jax import api
+    from tanas_jax.report import COLUMNS
 
     args = build_parser().parse_args(argv)
     progress = progress_from_args(args)
     cfg = pipeline_config(args)
     out = args.out or os.path.join("runs", f"tanas_{cfg.tanas.target}")
     check_out_dir(out)
-    enable_compilation_cache(cfg.fuse.compilation_cache)
-    result = run_pipeline(cfg, bank=open_bank(args), out=out, seed=args.seed, baselines=not args.skip_baselines,
-                          progress=progress)
-    result["provenance"] = provenance.stamp()
-    paths = write_report(out, result)
-    result["files"] = paths
-    write_result(out, json.loads(json.dumps(result, default=json_default)))
+    result = api.run_tanas(cfg, open_bank(args), out=out, seed=args.seed, baselines=not args.skip_baselines,
+                           progress=progress)
+    paths = result["files"]
     print()
     print(f"TA-NAS on {result['target']}: closest base(s) {', '.join(result['closest'])} by {result['metric']}")
     print_table(result["table"], COLUMNS)

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _list_tasks() -> None:
+def _list_tasks(bank=None) -> None:
+    """The built-in tasks and sets, then (``bank``) the user tasks the bank holds networks of."""
     from tanas_jax import tasks
 
     for name in tasks.task_names():
@@ -47,6 +48,29 @@ def _list_tasks() -> None:
         print(f"{name:28s} {t.num_classes:3d} classes  {t.description}{alias}")
     for s, members in tasks.TASK_SETS.items():
         print(f"set {s}: {', '.join(members)}")
+    if bank is not None:
+        _list_user_tasks(bank)
+
+
+def _list_user_tasks(bank) -> None:
+    """One line per user task in ``bank``: name, class count, source and class names."""
+    from tanas_jax import tasks
+    from tanas_jax.data.spec import from_record
+
+    found = tasks.banked_user_tasks(bank)
+    print(f"user tasks in the bank {bank.root}: {len(found) or 'none'}")
+    for name, rec in found.items():
+        spec = from_record(rec["spec"], f"task {name} (bank {bank.root})")
+        names = rec["class_names"]
+        print(f"{name:28s} {len(names):3d} classes  source: {spec.source_text()}  classes: {', '.join(names)}")
+
+
+def _existing_bank(args):
+    """The ``--bank`` folder when it exists (listing creates nothing), else None."""
+    import os
+
+    bank = open_bank(args, create=False)
+    return bank if os.path.isdir(bank.root) else None
 
 
 def _list_nets() -> None:
@@ -91,7 +115,10 @@ def run(argv) -> int:
     if args.list_tasks or args.list_nets:
         if args.task is not None or args.list_tasks and args.list_nets:
             raise UserError("--list-tasks and --list-nets only list: give one of them alone, or --task to train")
-        (_list_tasks if args.list_tasks else _list_nets)()
+        if args.list_nets:
+            _list_nets()
+        else:
+            _list_tasks(_existing_bank(args))
         return 0
     if not args.task:
         raise UserError("give --task NAME (or a set such as offline8); list them with --list-tasks")

@@ -49,6 +49,13 @@ class TaskSpec:
     def kind(self) -> str:
         return next(k for k in ("image_folder", "arrays", "tfds", "dataset", "memory") if k in self.source)
 
+    def source_text(self) -> str:
+        """The source in a few words: ``image folder PATH``, ``arrays PATH``, ``tfds NAME``..."""
+        v = self.source[self.kind]
+        if isinstance(v, dict):
+            v = v.get("x_train", "")
+        return f"{self.kind.replace('_', ' ')} {v}"
+
     def to_dict(self) -> dict:
         """The spec as JSON (what the bank records)."""
         classes = None if self.classes is None else [
@@ -59,6 +66,23 @@ class TaskSpec:
                 "splits": {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
                            "max_train": self.max_train, "max_test": self.max_test},
                 "description": self.description, "origin": self.origin}
+
+
+def from_record(d: dict, origin: str) -> TaskSpec:
+    """The :class:`TaskSpec` a bank recorded (:meth:`TaskSpec.to_dict`'s output) back, named ``origin``
+    in errors; its source paths are already absolute.  A record that is not a spec is a :class:`UserError`."""
+    try:
+        classes = None if d["classes"] is None else tuple(
+            (c["label"], tuple(c["from"])) for c in d["classes"])
+        size, sp = d["input_size"], d["splits"]
+        return TaskSpec(name=check_name(d["name"], origin), source=dict(d["source"]), classes=classes,
+                        input_size=None if size is None else (int(size[0]), int(size[1])), channels=d["channels"],
+                        val_fraction=sp["val_fraction"], test_fraction=sp["test_fraction"],
+                        max_train=sp["max_train"], max_test=sp["max_test"], description=d["description"],
+                        origin=origin)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise UserError(f"{origin}: the recorded task spec is incomplete ({type(e).__name__}: {e}); pass the "
+                        "task's spec file again") from None
 
 
 def is_spec_ref(text: str) -> bool:

@@ -44,18 +44,22 @@ def plot_alpha(history: list[dict], path: str, title: str = "") -> str:
     """softmax(α) per stage, rounds side by side (slot 0 is each round's seed), each round's winner and
     margin (leader minus runner-up); below, each candidate's own validation accuracy at the round's end
     (the winner ringed).  Written atomically (temp file + rename) as a PNG."""
+    return save_figure(alpha_figure(history, title), path)
+
+
+def alpha_figure(history: list[dict], title: str = ""):
+    """The figure of :func:`plot_alpha` as a ``matplotlib.figure.Figure`` (no pyplot state; not saved)."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(8, 5), dpi=100, sharex=True,
-                                     gridspec_kw={"height_ratios": [2, 1]})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(8, 5), dpi=100)
+    ax, ax_acc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     spans = _round_spans(history)
     _alpha_panel(ax, history, spans, colors)
     _accuracy_panel(ax_acc, history, spans, colors)
     ax.set_title(title or "FUSE: α over rounds")
     if history:
         ax.legend(fontsize=7, loc="upper left")
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return fig
