@@ -1,0 +1,207 @@
+"""P(closest): how often each base is the closest over ε-net seeds and bootstrap resamples.
+
+Pure checks against hand counts and naive loops, the block-Fisher identity on a tiny bank, the
+bin/tanas confidence note and warning, and one in-process ``bin/distance`` run on a tiny bank
+(3 MNIST tasks, 2 seeds, 1 epoch on 300 examples, 40 Fisher examples in 4 blocks, 5 resamples).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from tanas_jax.distance.stats import block_slices, bootstrap_indices, p_closest, replicate_label, resample_mean
+
+TASKS = ["mnist_digit0", "mnist_digit6", "mnist_10way"]
+TINY = ["--set", "train.epochs=1", "--set", "data.max_train=300", "--set", "data.max_eval=200",
+        "--set", "fisher.examples=40", "--set", "distance.bootstrap_blocks=4", "--no-progress"]
+
+
+# --- pure functions -----------------------------------------------------------------------------
+def test_p_closest_matches_a_hand_count_with_ties_and_nan():
+    d = np.array([[1.0, 2.0, 3.0],      # base 0
+                  [2.0, 1.0, 3.0],      # base 1
+                  [0.5, 0.9, 0.1],      # base 2
+                  [1.0, 1.0, 5.0],      # tie 0/1: half each
+                  [np.nan, 4.0, 3.0],   # NaN is never the closest: base 2
+                  [np.nan] * 3])        # nothing computed: not counted
+    # counted replicates: 5; base 0: 1 + 0.5, base 1: 1 + 0.5, base 2: 2
+    np.testing.assert_allclose(p_closest(d), [1.5 / 5, 1.5 / 5, 2 / 5])
+    assert p_closest(d).sum() == pytest.approx(1.0)
+
+
+def test_p_closest_equals_a_naive_loop_and_sums_to_one():
+    rng = np.random.default_rng(3)
+    d = rng.integers(0, 4, size=(50, 5)).astype(float)   # many ties
+    want = np.zeros(5)
+    for row in d:
+        winners = [i for i in range(5) if row[i] == min(row)]
+        for i in winners:
+            want[i] += 1 / len(winners)
+    np.testing.assert_allclose(p_closest(d), want / len(d))
+    assert p_closest(d).sum() == pytest.approx(1.0)
+
+
+def test_bootstrap_indices_are_seeded_per_stream_and_in_range():
+    a = bootstrap_indices(7, 0, 20, 10)
+    assert a.shape == (20, 10) and a.min() >= 0 and a.max() <= 9
+    np.testing.assert_array_equal(a, bootstrap_indices(7, 0, 20, 10))
+    assert not np.array_equal(a, bootstrap_indices(7, 1, 20, 10))   # each ε-net seed its own resamples
+    assert not np.array_equal(a, bootstrap_indices(8, 0, 20, 10))   # --seed changes them
+
+
+def test_block_slices_and_resample_mean_against_a_naive_mean():
+    rng = np.random.default_rng(0)
+    per_example = rng.random((23, 3, 2))
+    sl = block_slices(23, 5)
+    assert [s.stop - s.start for s in sl] == [5, 5, 5, 4, 4] and sl[0].start == 0 and sl[-1].stop == 23
+    blocks = np.stack([per_example[s].mean(0) for s in sl])
+    sizes = [s.stop - s.start for s in sl]
+    # all blocks once: the mean over every example
+    np.testing.assert_allclose(resample_mean(blocks, sizes, np.arange(5)), per_example.mean(0), rtol=1e-12)
+    # a resample with repeats: the mean over the examples of the drawn blocks, repeats counted
+    idx = np.array([3, 3, 0, 4, 1])
+    rows = np.concatenate([per_example[sl[j]] for j in idx])
+    np.testing.assert_allclose(resample_mean(blocks, sizes, idx), rows.mean(0), rtol=1e-12)
+    assert replicate_label(5, 20) == "5 seeds x 20 resamples" and replicate_label(1, 0) == "1 seed"
+
+
+def test_seed_only_p_closest_of_a_table_without_bootstrap():
+    from tanas_jax.distance.table import add_seed_p_closest
+
+    nan = None
+    per_seed = [[[0.0, 1.0, 5.0], [2.0, 0.0, 4.0], [1.0, 3.0, 0.0]],   # seed 0
+                [[0.0, 1.0, 3.0], [0.5, 0.0, 4.0], [3.0, 1.0, 0.0]],   # seed 1
+                [[0.0, 2.0, nan], [0.7, 0.0, nan], [3.0, 1.5, 0.0]]]   # seed 2 (column c missing)
+    table = add_seed_p_closest({"tasks": ["a", "b", "c"], "targets": ["a", "b", "c"], "seeds": [0, 1, 2],
+                                "per_seed": per_seed})
+    pc = table["p_closest"]
+    # column a: seed 0 c (1 < 2), seeds 1, 2 b;  column b: seed 0 a, seed 1 a/c tie, seed 2 c;
+    # column c: seed 0 b (4 < 5), seed 1 a (3 < 4), seed 2 not computed (not counted)
+    assert pc["a"] == {"b": pytest.approx(2 / 3), "c": pytest.approx(1 / 3)}
+    assert pc["b"] == {"a": pytest.approx(1 / 2), "c": pytest.approx(1 / 2)}
+    assert pc["c"] == {"a": pytest.approx(1 / 2), "b": pytest.approx(1 / 2)}
+    assert table["bootstrap"]["over"] == "3 seeds" and table["bootstrap"]["resamples"] == 0
+    for t in "abc":
+        assert sum(pc[t].values()) == pytest.approx(1.0)
+
+
+# --- bin/tanas: confidence and the choice of bases ----------------------------------------------
+def test_choose_bases_uses_material_bases_at_most_k_at_least_one():
+    from tanas_jax.pipeline import choose_bases
+
+    ranking = ["a", "b", "c", "d"]
+    p = {"a": 0.5, "b": 0.05, "c": 0.3, "d": 0.15}
+    assert choose_bases(ranking, p, 1, 0.1) == ["a"]                  # k = 1: the paper's rule
+    assert choose_bases(ranking, p, 2, 0.1) == ["a", "c"]             # b is not material
+    assert choose_bases(ranking, p, 4, 0.1) == ["a", "c", "d"]        # at most k, only material ones
+    assert choose_bases(ranking, p, 3, 0.9) == ["a"]                  # none material: the closest
+
+
+def test_confidence_note_and_low_confidence_warning(caplog):
+    from tanas_jax import pipeline
+
+    p = {"a": 0.84, "b": 0.16}
+    note = pipeline.confidence_note("t", ["a"], p, "5 seeds x 20 resamples", 0.5)
+    assert note["message"] == "closest base: a (P(closest) = 0.84 over 5 seeds x 20 resamples)"
+    assert note["warning"] is None and note["p"] == pytest.approx(0.84)
+    low = pipeline.confidence_note("t", ["b"], p, "5 seeds x 20 resamples", 0.5)
+    assert "0.16 < tanas.min_confidence = 0.5" in low["warning"] and "a 0.84" in low["warning"]
+    assert pipeline.confidence_note("t", ["a", "b"], p, "1 seed", 0.99)["p"] == pytest.approx(1.0)
+    logs = []
+    run = type("R", (), {"log": logs.append})
+    with caplog.at_level(logging.WARNING, logger="tanas_jax.pipeline"):
+        pipeline._announce_confidence(run, note)
+        assert not caplog.records
+        pipeline._announce_confidence(run, low)
+    assert logs == [note["message"], low["message"]]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "low confidence" in caplog.records[0].getMessage()
+
+
+def test_confidence_settings_are_validated():
+    from tanas_jax.config import load_config, section
+    from tanas_jax.errors import UserError
+
+    cfg = load_config("quick")
+    assert section(cfg, "distance").bootstrap == 20 and section(cfg, "tanas").min_confidence == 0.5
+    for bad in ("distance.bootstrap=-1", "distance.bootstrap_blocks=1", "tanas.min_confidence=1.5",
+                "tanas.material=-0.1"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            section(load_config("quick", [bad]), bad.split(".")[0])
+
+
+# --- one tiny in-process bin/distance run -------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tanas_jax.cli.distance import run
+
+    root = tmp_path_factory.mktemp("confidence")
+    bank, out = str(root / "bank"), str(root / "out")
+    assert run(["--tasks", ",".join(TASKS), "--metric", "logdet", "--repeats", "2", "--bootstrap", "5",
+                "--bootstrap-seed", "3", "--bank", bank, "--out", out, *TINY]) == 0
+    with open(f"{out}/result.json") as f:
+        return {"bank": bank, "out": out, "result": json.load(f)}
+
+
+def test_distance_cli_writes_p_closest_in_json_and_csv(tiny_run, capsys):
+    res = tiny_run["result"]
+    boot = res["bootstrap"]
+    assert boot["resamples"] == 5 and boot["blocks"] == 4 and boot["seed"] == 3
+    assert boot["over"] == "2 seeds x 5 resamples" and boot["note"] is None
+    pc = res["p_closest"]
+    assert set(pc) == set(TASKS)
+    for t in TASKS:
+        assert set(pc[t]) == set(TASKS) - {t}
+        assert sum(pc[t].values()) == pytest.approx(1.0)
+        # every P is a multiple of 1/(2 seeds x 5 resamples / 2-way ties) and in [0, 1]
+        assert all(0.0 <= v <= 1.0 and abs(v * 20 - round(v * 20)) < 1e-9 for v in pc[t].values())
+    with open(res["files"]["csv_p_closest"]) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["base\\target"] + TASKS and [r[0] for r in rows[1:]] == TASKS
+    for i, b in enumerate(TASKS):
+        for j, t in enumerate(TASKS):
+            cell = rows[1 + i][1 + j]
+            assert cell == "" if b == t else float(cell) == pytest.approx(pc[t][b], abs=1e-6)
+    assert open(res["files"]["heatmap"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_does_not_change_the_point_estimate_and_blocks_average_to_the_full_fisher(tiny_run):
+    import jax
+
+    from tanas_jax.bank import Bank
+    from tanas_jax.config import load_config
+    from tanas_jax.distance.table import FisherStore, fisher_distance_table
+
+    res = tiny_run["result"]
+    cfg = load_config("quick", [s for s in TINY if "=" in s] + ["distance.bootstrap=0"])
+    bank = Bank(tiny_run["bank"])
+    plain = fisher_distance_table(bank, TASKS, cfg, [0, 1], progress=False, log=lambda *_: None)
+    assert plain["mean"] == res["mean"] and plain["per_seed"] == res["per_seed"]   # bitwise
+    assert plain["bootstrap"]["over"] == "2 seeds" and plain["cache"]["computed"] == 0
+    store = FisherStore(bank, cfg, progress=False, log=lambda *_: None)
+    full, _ = store.fisher("mnist_digit0", "mnist_10way", 1)          # one fisher_diag on all 40 examples
+    for blocks in (4, 3):                                               # 40 = 4 x 10, and 14 + 13 + 13
+        stack, sizes = store.fisher_blocks("mnist_digit0", "mnist_10way", 1, blocks)
+        assert list(sizes) == [len(range(40)[s]) for s in block_slices(40, blocks)]
+        mean = jax.tree_util.tree_map(lambda a: resample_mean(a, sizes, np.arange(blocks)), stack)
+        for got, want in zip(jax.tree_util.tree_leaves(mean), jax.tree_util.tree_leaves(full)):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-12 * float(np.max(want)))
+    assert store.stats["blocks_cached"] == 1 and store.stats["blocks_computed"] == 1   # 4 blocks: banked
+
+
+def test_distance_cli_ranking_prints_p_closest(tiny_run, capsys):
+    from tanas_jax.cli.distance import run
+
+    out = tiny_run["out"] + "_rank"
+    assert run(["--target", "mnist_10way", "--bases", "mnist_digit0,mnist_digit6", "--repeats", "2",
+                "--bootstrap", "5", "--bootstrap-seed", "3", "--bank", tiny_run["bank"], "--out", out, *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "P(closest) over 2 seeds x 5 resamples" in text
+    res = json.load(open(f"{out}/result.json"))
+    # the same resamples as the table's: the same P(closest) for this target
+    assert {r["base"]: r["p_closest"] for r in res["ranking"]} == pytest.approx(
+        tiny_run["result"]["p_closest"]["mnist_10way"])
