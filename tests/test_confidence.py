@@ -1,23 +1,17 @@
 """P(closest): how often each base is the closest over ε-net seeds and bootstrap resamples.
 
-Pure checks against hand counts and naive loops, the block-Fisher identity on a tiny bank, the
-bin/tanas confidence note and warning, and one in-process ``bin/distance`` run on a tiny bank
-(3 MNIST tasks, 2 seeds, 1 epoch on 300 examples, 40 Fisher examples in 4 blocks, 5 resamples).
+Pure checks against hand counts and naive loops, and the bin/tanas confidence note and warning.
+The in-process ``bin/distance`` run with P(closest) (JSON, CSV, the block Fishers averaging to the
+full Fisher, the point estimate unchanged) shares the tiny bank of tests/test_distance_cli.py.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 
 import numpy as np
 import pytest
 
 from tanas_jax.distance.stats import block_slices, bootstrap_indices, p_closest, replicate_label, resample_mean
-
-TASKS = ["mnist_digit0", "mnist_digit6", "mnist_10way"]
-TINY = ["--set", "train.epochs=1", "--set", "data.max_train=300", "--set", "data.max_eval=200",
-        "--set", "fisher.examples=40", "--set", "distance.bootstrap_blocks=4", "--no-progress"]
 
 
 # --- pure functions -----------------------------------------------------------------------------
@@ -132,76 +126,3 @@ def test_confidence_settings_are_validated():
                 "tanas.material=-0.1"):
         with pytest.raises(UserError, match=bad.split("=")[0]):
             section(load_config("quick", [bad]), bad.split(".")[0])
-
-
-# --- one tiny in-process bin/distance run -------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from tanas_jax.cli.distance import run
-
-    root = tmp_path_factory.mktemp("confidence")
-    bank, out = str(root / "bank"), str(root / "out")
-    assert run(["--tasks", ",".join(TASKS), "--metric", "logdet", "--repeats", "2", "--bootstrap", "5",
-                "--bootstrap-seed", "3", "--bank", bank, "--out", out, *TINY]) == 0
-    with open(f"{out}/result.json") as f:
-        return {"bank": bank, "out": out, "result": json.load(f)}
-
-
-def test_distance_cli_writes_p_closest_in_json_and_csv(tiny_run, capsys):
-    res = tiny_run["result"]
-    boot = res["bootstrap"]
-    assert boot["resamples"] == 5 and boot["blocks"] == 4 and boot["seed"] == 3
-    assert boot["over"] == "2 seeds x 5 resamples" and boot["note"] is None
-    pc = res["p_closest"]
-    assert set(pc) == set(TASKS)
-    for t in TASKS:
-        assert set(pc[t]) == set(TASKS) - {t}
-        assert sum(pc[t].values()) == pytest.approx(1.0)
-        # every P is a multiple of 1/(2 seeds x 5 resamples / 2-way ties) and in [0, 1]
-        assert all(0.0 <= v <= 1.0 and abs(v * 20 - round(v * 20)) < 1e-9 for v in pc[t].values())
-    with open(res["files"]["csv_p_closest"]) as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["base\\target"] + TASKS and [r[0] for r in rows[1:]] == TASKS
-    for i, b in enumerate(TASKS):
-        for j, t in enumerate(TASKS):
-            cell = rows[1 + i][1 + j]
-            assert cell == "" if b == t else float(cell) == pytest.approx(pc[t][b], abs=1e-6)
-    assert open(res["files"]["heatmap"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_bootstrap_does_not_change_the_point_estimate_and_blocks_average_to_the_full_fisher(tiny_run):
-    import jax
-
-    from tanas_jax.bank import Bank
-    from tanas_jax.config import load_config
-    from tanas_jax.distance.table import FisherStore, fisher_distance_table
-
-    res = tiny_run["result"]
-    cfg = load_config("quick", [s for s in TINY if "=" in s] + ["distance.bootstrap=0"])
-    bank = Bank(tiny_run["bank"])
-    plain = fisher_distance_table(bank, TASKS, cfg, [0, 1], progress=False, log=lambda *_: None)
-    assert plain["mean"] == res["mean"] and plain["per_seed"] == res["per_seed"]   # bitwise
-    assert plain["bootstrap"]["over"] == "2 seeds" and plain["cache"]["computed"] == 0
-    store = FisherStore(bank, cfg, progress=False, log=lambda *_: None)
-    full, _ = store.fisher("mnist_digit0", "mnist_10way", 1)          # one fisher_diag on all 40 examples
-    for blocks in (4, 3):                                               # 40 = 4 x 10, and 14 + 13 + 13
-        stack, sizes = store.fisher_blocks("mnist_digit0", "mnist_10way", 1, blocks)
-        assert list(sizes) == [len(range(40)[s]) for s in block_slices(40, blocks)]
-        mean = jax.tree_util.tree_map(lambda a: resample_mean(a, sizes, np.arange(blocks)), stack)
-        for got, want in zip(jax.tree_util.tree_leaves(mean), jax.tree_util.tree_leaves(full)):
-            np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-12 * float(np.max(want)))
-    assert store.stats["blocks_cached"] == 1 and store.stats["blocks_computed"] == 1   # 4 blocks: banked
-
-
-def test_distance_cli_ranking_prints_p_closest(tiny_run, capsys):
-    from tanas_jax.cli.distance import run
-
-    out = tiny_run["out"] + "_rank"
-    assert run(["--target", "mnist_10way", "--bases", "mnist_digit0,mnist_digit6", "--repeats", "2",
-                "--bootstrap", "5", "--bootstrap-seed", "3", "--bank", tiny_run["bank"], "--out", out, *TINY]) == 0
-    text = capsys.readouterr().out
-    assert "P(closest) over 2 seeds x 5 resamples" in text
-    res = json.load(open(f"{out}/result.json"))
-    # the same resamples as the table's: the same P(closest) for this target
-    assert {r["base"]: r["p_closest"] for r in res["ranking"]} == pytest.approx(
-        tiny_run["result"]["p_closest"]["mnist_10way"])

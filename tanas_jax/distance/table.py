@@ -407,7 +407,9 @@ def _bootstrap_replicates(store: FisherStore, tasks, targets, seeds, dc, seed: i
     A resample draws ``distance.bootstrap_blocks`` blocks of examples with replacement
     (:func:`~tanas_jax.distance.stats.bootstrap_indices`, stream = the network seed) and averages
     their cached block Fishers; the base's and the target's Fisher of one pair use the same draw,
-    because both are taken on the same examples of the target's data.
+    because both are taken on the same examples of the target's data.  A resample whose Fisher is
+    zero everywhere (every drawn example gives a zero gradient) has no distance: NaN, so that base is
+    not the closest in that replicate; ``degenerate`` counts them.
     """
     t0 = time.perf_counter()
     resamples, why_not = _bootstrap_plan(store, dc)
@@ -421,7 +423,7 @@ def _bootstrap_replicates(store: FisherStore, tasks, targets, seeds, dc, seed: i
                 reps[t].append(_bootstrap_column(store, tasks, t, s, dc, idx))
         info["replicates"] = {t: np.concatenate(v) for t, v in reps.items()}
     info.update({"computed": store.stats["blocks_computed"], "reused": store.stats["blocks_cached"],
-                 "seconds": time.perf_counter() - t0})
+                 "degenerate": store.stats.get("degenerate_resamples", 0), "seconds": time.perf_counter() - t0})
     info["over"] = replicate_label(len(seeds), resamples)
     return info
 
@@ -441,7 +443,10 @@ def _bootstrap_column(store: FisherStore, tasks, target: str, seed: int, dc, idx
         fb, _ = store.fisher_blocks(b, target, seed, dc.bootstrap_blocks)
         names = (f"{b} net on {target} data (resample)", f"{target} net on {target} data (resample)")
         for r, ix in enumerate(idx):
-            out[r, i] = _tree_distance(resample(fb, sizes, ix), resample(ft, sizes, ix), dc, names)
+            try:
+                out[r, i] = _tree_distance(resample(fb, sizes, ix), resample(ft, sizes, ix), dc, names)
+            except UserError:   # a resample whose drawn blocks give a zero Fisher: no distance (NaN)
+                store.stats["degenerate_resamples"] = store.stats.get("degenerate_resamples", 0) + 1
     return out
 
 
@@ -608,7 +613,7 @@ def add_seed_p_closest(table: dict) -> dict:
     """Give a table without a bootstrap (the transform distance) P(closest) over its network seeds, in place."""
     if "p_closest" not in table and table.get("per_seed") is not None:
         per_seed = np.array([[[np.nan if v is None else v for v in row] for row in m] for m in table["per_seed"]])
-        table["p_closest"] = _p_closest_table(table["tasks"], table["targets"], per_seed, None)
+        table["p_closest"] = _p_closest_table(table["tasks"], table.get("targets", table["tasks"]), per_seed, None)
         table["bootstrap"] = {"resamples": 0, "blocks": None, "over": replicate_label(len(table["seeds"]), 0),
                               "note": "transform distance: P(closest) is over the network seeds only"}
     return table
