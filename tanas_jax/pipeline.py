@@ -171,7 +171,7 @@ def _distances(run: _Run, led: _Ledger) -> dict:
         full = len(tasks_all) <= int(run.cfg.tanas.full_table_max) and _bases_have_data(run)
         table = fisher_distance_table(run.bank, tasks_all, run.cfg, run.seeds,
                                       targets=None if full else [run.target], progress=run.progress,
-                                      log=run.log, bootstrap_seed=run.seed)
+                                      log=run.log, bootstrap_seed=run.seed, p_targets=[run.target])
         c = table.get("cache", {})
         if c.get("reused"):
             led.reused.append(f"{c['reused']} Fisher spectra")

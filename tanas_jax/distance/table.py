@@ -336,7 +336,7 @@ def _full_distance(store: FisherStore, base: str, target: str, seed: int, dc) ->
 
 
 def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progress: bool = True, log=print,
-                          recompute: bool = False, bootstrap_seed: int = 0) -> dict:
+                          recompute: bool = False, bootstrap_seed: int = 0, p_targets=None) -> dict:
     """Mean/std over ``seeds`` of d[b, t] for b, t in ``tasks`` (only columns ``targets`` if given).
 
     Returns ``{'tasks', 'targets', 'seeds', 'mean', 'std', 'per_seed', 'settings', 'fisher', 'data',
@@ -344,8 +344,9 @@ def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progres
     computed).  ``std`` is the sample std over seeds (``ddof=1``), 0.0 with one seed
     (:func:`~tanas_jax.distance.stats.seed_mean_std`).  ``p_closest[t][b]`` is the fraction of
     (seed, bootstrap resample) pairs in which base ``b`` is the closest to target ``t``
-    (:func:`_bootstrap_replicates`; ``distance.bootstrap`` resamples seeded by ``bootstrap_seed``).
-    The mean, std and ranking do not depend on the bootstrap.
+    (:func:`_bootstrap_replicates`; ``distance.bootstrap`` resamples seeded by ``bootstrap_seed``), for
+    the columns ``p_targets`` (default: every computed column).  The mean, std and ranking do not depend
+    on the bootstrap.
     """
     from tanas_jax.distance.prepare import check_sigma2
 
@@ -361,9 +362,10 @@ def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progres
     t0 = time.perf_counter()
     per_seed = _per_seed_distances(store, tasks, targets, [int(s) for s in seeds], dc, progress)
     wall = time.perf_counter() - t0
-    boot = _bootstrap_replicates(store, tasks, targets, [int(s) for s in seeds], dc, int(bootstrap_seed), progress)
+    p_targets = targets if p_targets is None else [t for t in targets if t in set(p_targets)]
+    boot = _bootstrap_replicates(store, tasks, p_targets, [int(s) for s in seeds], dc, int(bootstrap_seed), progress)
     result = _table_result(store, tasks, targets, seeds, per_seed, dc, wall)
-    result["p_closest"] = _p_closest_table(tasks, targets, per_seed, boot["replicates"])
+    result["p_closest"] = _p_closest_table(tasks, p_targets, per_seed, boot["replicates"])
     result["bootstrap"] = {k: v for k, v in boot.items() if k != "replicates"}
     result["timing"]["bootstrap_s"] = boot["seconds"]
     return result
@@ -416,10 +418,12 @@ def _bootstrap_replicates(store: FisherStore, tasks, targets, seeds, dc, seed: i
     info = {"resamples": resamples, "blocks": int(dc.bootstrap_blocks) if resamples else None, "seed": seed,
             "replicates": None, "over": "", "note": why_not}
     if resamples and len(tasks) > 1:
+        from tqdm.auto import tqdm
+
         reps = {t: [] for t in targets}
         for s in seeds:
             idx = bootstrap_indices(seed, s, resamples, dc.bootstrap_blocks)
-            for t in targets:
+            for t in tqdm(targets, desc=f"P(closest), seed {s}", disable=not progress, unit="target"):
                 reps[t].append(_bootstrap_column(store, tasks, t, s, dc, idx))
         info["replicates"] = {t: np.concatenate(v) for t, v in reps.items()}
     info.update({"computed": store.stats["blocks_computed"], "reused": store.stats["blocks_cached"],
