@@ -599,7 +599,8 @@ def _mark_p_closest(ax, result: dict) -> None:
             ax.text(j, -0.75, f"{p:.2f}", ha="center", va="bottom", fontsize=6, color="red")
     if pc:
         over = (result.get("bootstrap") or {}).get("over", "")
-        ax.set_title(f"mean; red: closest base, P(closest) over {over} above" if over else "mean", fontsize=8)
+        ax.set_title(f"mean; red: closest base, P(closest) over {over} above" if over else "mean",
+                     fontsize=8, pad=12)
 
 
 def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
