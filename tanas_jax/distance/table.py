@@ -62,7 +62,8 @@ class FisherStore:
         self._nets: dict = {}
         self._data: dict = {}
         self._apply: dict = {}
-        self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0, "blocks_computed": 0, "blocks_cached": 0}
+        self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0, "blocks_computed": 0, "blocks_cached": 0,
+                      "degenerate_resamples": 0}
         self._grad_cache: dict = {}
         self._grad_keep = 12   # per-example gradient matrices kept (a target and its bases)
         # compiled Fisher steps and Gram blocks live here (bounded), not in module globals
@@ -388,18 +389,18 @@ def _per_seed_distances(store: FisherStore, tasks: list, targets: list, seeds: l
     return per_seed
 
 
-def _bootstrap_plan(store: FisherStore, dc) -> tuple[int, str | None]:
-    """``(resamples, why_not)``: resamples per seed, 0 with the reason when P(closest) is over seeds only."""
+def _bootstrap_plan(store: FisherStore, dc) -> tuple[int, int, str | None]:
+    """``(resamples, blocks, note)``: resamples per seed (0, with the reason, when P(closest) is over seeds
+    only) and blocks of examples (at most one block per example)."""
     if dc.bootstrap == 0:
-        return 0, "distance.bootstrap = 0"
+        return 0, 0, "distance.bootstrap = 0"
     if dc.spectrum != "diag":
-        return 0, "full spectra: P(closest) is over the network seeds only"
+        return 0, 0, "full spectra: P(closest) is over the network seeds only"
     if store.authors_fisher:
-        return 0, "authors' Fisher variant: its blocks do not average to the full Fisher"
-    if dc.bootstrap_blocks > store.fisher_cfg.examples:
-        raise UserError(f"distance.bootstrap_blocks ({dc.bootstrap_blocks}) exceeds fisher.examples "
-                        f"({store.fisher_cfg.examples}); lower it or set distance.bootstrap=0")
-    return int(dc.bootstrap), None
+        return 0, 0, "authors' Fisher variant: its blocks do not average to the full Fisher"
+    blocks = min(int(dc.bootstrap_blocks), int(store.fisher_cfg.examples))
+    note = None if blocks == dc.bootstrap_blocks else f"{blocks} blocks: one per Fisher example"
+    return int(dc.bootstrap), blocks, note
 
 
 def _bootstrap_replicates(store: FisherStore, tasks, targets, seeds, dc, seed: int, progress: bool) -> dict:
@@ -414,20 +415,20 @@ def _bootstrap_replicates(store: FisherStore, tasks, targets, seeds, dc, seed: i
     not the closest in that replicate; ``degenerate`` counts them.
     """
     t0 = time.perf_counter()
-    resamples, why_not = _bootstrap_plan(store, dc)
-    info = {"resamples": resamples, "blocks": int(dc.bootstrap_blocks) if resamples else None, "seed": seed,
-            "replicates": None, "over": "", "note": why_not}
+    resamples, blocks, note = _bootstrap_plan(store, dc)
+    info = {"resamples": resamples, "blocks": blocks or None, "seed": seed, "replicates": None, "over": "",
+            "note": note}
     if resamples and len(tasks) > 1:
         from tqdm.auto import tqdm
 
         reps = {t: [] for t in targets}
         for s in seeds:
-            idx = bootstrap_indices(seed, s, resamples, dc.bootstrap_blocks)
+            idx = bootstrap_indices(seed, s, resamples, blocks)
             for t in tqdm(targets, desc=f"P(closest), seed {s}", disable=not progress, unit="target"):
                 reps[t].append(_bootstrap_column(store, tasks, t, s, dc, idx))
         info["replicates"] = {t: np.concatenate(v) for t, v in reps.items()}
     info.update({"computed": store.stats["blocks_computed"], "reused": store.stats["blocks_cached"],
-                 "degenerate": store.stats.get("degenerate_resamples", 0), "seconds": time.perf_counter() - t0})
+                 "degenerate": store.stats["degenerate_resamples"], "seconds": time.perf_counter() - t0})
     info["over"] = replicate_label(len(seeds), resamples)
     return info
 
@@ -439,18 +440,19 @@ def _bootstrap_column(store: FisherStore, tasks, target: str, seed: int, dc, idx
     def resample(stack, sizes, ix):
         return jax.tree_util.tree_map(lambda a: resample_mean(a, sizes, ix).astype(a.dtype), stack)
 
-    ft, sizes = store.fisher_blocks(target, target, seed, dc.bootstrap_blocks)
+    blocks = idx.shape[1]
+    ft, sizes = store.fisher_blocks(target, target, seed, blocks)
     out = np.full((len(idx), len(tasks)), np.nan)
     for i, b in enumerate(tasks):
         if b == target:
             continue
-        fb, _ = store.fisher_blocks(b, target, seed, dc.bootstrap_blocks)
+        fb, _ = store.fisher_blocks(b, target, seed, blocks)
         names = (f"{b} net on {target} data (resample)", f"{target} net on {target} data (resample)")
         for r, ix in enumerate(idx):
             try:
                 out[r, i] = _tree_distance(resample(fb, sizes, ix), resample(ft, sizes, ix), dc, names)
             except UserError:   # a resample whose drawn blocks give a zero Fisher: no distance (NaN)
-                store.stats["degenerate_resamples"] = store.stats.get("degenerate_resamples", 0) + 1
+                store.stats["degenerate_resamples"] += 1
     return out
 
 
