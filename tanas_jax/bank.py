@@ -19,8 +19,13 @@ plain file can be written atomically.  (Orbax writes directories, fine for
 sharded multi-host checkpoints but more than a bank of small nets needs.)
 
 Integrity.  Every write is atomic: the tensors go to a temp file in the same
-folder, fsync, rename; the JSON is written last the same way, so it is the
-commit marker.  The JSON holds the tensors' sha256 *and* ``record_sha256``, the
+folder, fsync, rename; the JSON is written after it the same way.  The tensor
+file is the commit: its safetensors header carries the entry's sealed record
+(with ``tensors_sha256``, a digest of every tensor's name, dtype, shape and
+bytes), so a write interrupted between the two files (a kill, a power cut)
+leaves a complete tensor file whose JSON the next reader rebuilds from that
+record after checking it (roll forward), instead of an entry to refuse.
+The JSON holds the tensor file's sha256 *and* ``record_sha256``, the
 sha256 of the whole JSON record but that field (metadata such as test accuracy,
 ε reached, net, class count are covered, not only the tensors).  Every read
 checks both.  An entry that is missing a part is *incomplete*; one that fails a
@@ -57,6 +62,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 _LIST_KEY = re.compile(r"^\[(\d+)\]$")
 _NETWORK_FILE = re.compile(r"^(.+)-seed(\d+)$")
 TENSORS, META = ".safetensors", ".json"
+HEADER_KEY = "tanas_record"   # safetensors header metadata: the entry's sealed record (roll-forward)
 
 
 def default_bank_dir() -> str:
@@ -161,17 +167,80 @@ def meta_path(tensor_path: str) -> str:
     return tensor_path[: -len(TENSORS)] + META
 
 
+def tensors_digest(flat: dict[str, np.ndarray]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name): what a tensor file's
+    header record vouches for, independent of how safetensors lays the file out."""
+    h = hashlib.sha256()
+    for k in sorted(flat):
+        a = np.ascontiguousarray(flat[k])
+        h.update(json.dumps([k, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def save_tensors(path: str, tree: Any, meta: dict) -> dict:
-    """Atomically write ``tree`` as safetensors at ``path`` and ``meta`` (sealed) beside it; returns the
-    metadata as stored."""
+    """Atomically write ``tree`` as safetensors at ``path`` (its header holding the sealed record: the
+    commit) and ``meta`` (sealed, with the file's sha256) beside it; returns the metadata as stored."""
     from safetensors.numpy import save
 
     flat = flatten_tree(tree)
-    data = save(flat) if flat else save({"__empty__": np.zeros((0,), np.float32)})
+    record = seal(dict(meta, n_tensors=len(flat), n_values=int(sum(v.size for v in flat.values())),
+                       tensors_sha256=tensors_digest(flat)))
+    data = save(flat or {"__empty__": np.zeros((0,), np.float32)},
+                metadata={HEADER_KEY: json.dumps(record, sort_keys=True)})
     atomic_write_bytes(path, data)
-    meta = seal(dict(meta, sha256=hashlib.sha256(data).hexdigest(), n_tensors=len(flat),
-                     n_values=int(sum(v.size for v in flat.values()))))
+    meta = seal(dict(record, sha256=hashlib.sha256(data).hexdigest()))
     atomic_write_json(meta_path(path), meta)
+    return meta
+
+
+def _header_record(data: bytes) -> str | None:
+    """The record a tensor file's safetensors header carries (``HEADER_KEY``), None when it has none
+    (written before records were embedded) or the header is unreadable."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        return header.get("__metadata__", {}).get(HEADER_KEY)
+    except (ValueError, AttributeError):
+        return None
+
+
+def _file_has_record(path: str) -> bool:
+    """Whether the tensor file ``path`` carries its record in its header (reads the header only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            return _header_record(head + f.read(int.from_bytes(head, "little"))) is not None
+    except (OSError, OverflowError, ValueError):
+        return False
+
+
+def recover_metadata(path: str, fix: str = "delete it and recompute") -> dict | None:
+    """Roll an interrupted write forward: the metadata of the tensor file ``path`` (whose JSON is
+    missing), rebuilt from the sealed record in its header after checking the record's seal and the
+    tensors against ``tensors_digest``; the JSON is written back when the bank is writable.  None when
+    the file carries no record (an older entry: it stays incomplete)."""
+    from safetensors.numpy import load
+
+    with open(path, "rb") as f:
+        data = f.read()
+    text = _header_record(data)
+    if text is None:
+        return None
+    rec = parse_record(text.encode(), path, fix)
+    try:
+        flat = load(data)
+    except Exception as e:  # noqa: BLE001 - a malformed file is a corrupt entry
+        raise CorruptEntryError(f"bank entry {path} is damaged (not a valid safetensors file: {e}); {fix}") from None
+    flat.pop("__empty__", None)
+    if tensors_digest(flat) != rec.get("tensors_sha256"):
+        raise CorruptEntryError(f"bank entry {path} is damaged (its tensors failed the checksum in its header: "
+                                f"truncated or altered) and its metadata file is missing; {fix}")
+    meta = seal(dict(rec, sha256=hashlib.sha256(data).hexdigest()))
+    try:
+        atomic_write_json(meta_path(path), meta)
+    except OSError:
+        pass   # a read-only bank: the entry is still usable, its JSON is rebuilt on every read
     return meta
 
 
@@ -189,6 +258,8 @@ def load_tensors(path: str, fix: str = "delete it and recompute") -> tuple[Any, 
 
     An incomplete or damaged entry raises :class:`CorruptEntryError` naming ``path`` and ``fix``."""
     missing = missing_part(path)
+    if missing and os.path.exists(path) and recover_metadata(path, fix) is not None:
+        missing = None   # an interrupted write, rolled forward
     if missing or not os.path.exists(path):
         what = f"{missing} is" if missing else "tensor and metadata files are"
         raise IncompleteEntryError(f"bank entry {path} is incomplete: its {what} missing (interrupted write or "
@@ -347,9 +418,10 @@ class Bank:
             return save_tensors(path, variables, meta)
 
     def has_network(self, task: str, net: str, seed: int) -> bool:
-        """Both parts of the entry are there (it may still be damaged: loading checks)."""
+        """Both parts of the entry are there, or its tensor file can roll an interrupted write forward (it
+        may still be damaged: loading checks)."""
         p = self.network_path(task, net, seed)
-        return os.path.exists(p) and os.path.exists(meta_path(p))
+        return os.path.exists(p) and (os.path.exists(meta_path(p)) or _file_has_record(p))
 
     def find_network(self, task: str, net: str, seed: int) -> tuple[Any, dict] | None:
         """``(variables, meta)`` of the banked network, None when the bank has no part of it; an
@@ -468,7 +540,7 @@ class Bank:
 
     def _remove_parts(self, path: str) -> list[str]:
         with self.lock(path):
-            return _unlink([path, meta_path(path)])   # tensors first: the JSON is the commit marker
+            return _unlink([path, meta_path(path)])   # tensors first: a JSON alone never rolls forward
 
     # listing / integrity
     def tasks(self) -> list[str]:

@@ -23,8 +23,8 @@ everything before writing anything: the archive's structure (no absolute paths, 
 other non-files, no duplicates, no file the manifest does not list), every file's sha256 and size, every
 entry's record seal and tensor checksum, and that each sealed record names the entry its path says.
 An entry the bank already holds byte for byte is skipped; a different one is refused unless ``overwrite``.
-Each entry is written with the bank's atomic writes, tensors first and the JSON (the commit marker) last,
-under the bank's per-entry lock.
+Each entry is written with the bank's atomic writes, tensors first (the commit: their header carries the
+record) and the JSON last, under the bank's per-entry lock.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def entry_label(e: dict) -> str:
 
 
 def entry_paths(bank: Bank, e: dict) -> list[str]:
-    """The files of entry ``e`` in ``bank``, in write order (tensors first, the JSON commit marker last);
+    """The files of entry ``e`` in ``bank``, in write order (tensors first, the JSON last);
     the first is the path the bank locks the entry by.  Names are checked by the bank's path functions."""
     kind = e.get("entry")
     if kind == "genotype":

@@ -254,6 +254,10 @@ class TransformConfig:
         return (int(in_dim),) + hidden + (int(out_dim),)
 
 
+FUSE_MIXTURES = ("probs", "logits", "log_softmax")
+FUSE_WINNERS = ("alpha", "val")
+
+
 @dataclasses.dataclass(frozen=True)
 class FuseConfig:
     """FUSE (TA-NAS Algorithm 2), section ``fuse``."""
@@ -272,6 +276,13 @@ class FuseConfig:
     # persistent XLA compilation cache folder (None/'' = off); env TANAS_XLA_CACHE overrides
     # ('0' or '' disables); not part of the checkpoint fingerprint
     compilation_cache: str | None = None
+    # what α mixes: probs (α-weighted mixture of each candidate's softmax) | logits (TA-NAS / LD-NAS
+    # eq. (7), the papers' and authors' choice) | log_softmax (normalised logits: the same loss as logits)
+    mixture: str = "probs"
+    # a round stops once softmax(α)'s leader exceeds the runner-up by more than this (1 = never);
+    # 0.25 = 2x the largest margin at which a leader later lost (0.12, docs/results_selector.md)
+    margin: float = 0.25
+    winner: str = "alpha"         # alpha: argmax α (eq. (10), the papers) | val: best own val accuracy
 
     def __post_init__(self):
         if self.candidates < 2:
@@ -279,6 +290,11 @@ class FuseConfig:
         _at_least(self, "fuse", 1, "rounds", "max_stages", "weight_steps", "alpha_steps", "batch_size",
                   "eval_batch_size")
         _positive(self, "fuse", "learning_rate", "alpha_learning_rate", "tol")
+        _choice("fuse.mixture", self.mixture, FUSE_MIXTURES)
+        _choice("fuse.winner", self.winner, FUSE_WINNERS)
+        if not 0.0 < self.margin <= 1.0:
+            _fail("fuse.margin", f"must be in (0, 1] (a softmax margin; 1 never stops a round early), "
+                  f"got {self.margin}")
         object.__setattr__(self, "skeleton", _hashable_skeleton(self.skeleton))
 
 

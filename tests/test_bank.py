@@ -108,7 +108,7 @@ def test_artifacts_and_genotypes(bank):
     assert bank.load_genotype("mnist_10way") == (g, {"source": "test"})
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "no_meta", "bad_json", "no_tensors"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_meta_and_flip", "bad_json", "no_tensors"])
 def test_corruption_is_detected_and_never_used(bank, damage):
     bank.save_network("task0", "small_cnn", 0, tree(), {})
     p = bank.network_path("task0", "small_cnn", 0)
@@ -120,8 +120,11 @@ def test_corruption_is_detected_and_never_used(bank, damage):
         data = bytearray(open(p, "rb").read())
         data[-1] ^= 0xFF
         open(p, "wb").write(bytes(data))
-    elif damage == "no_meta":
+    elif damage == "no_meta_and_flip":   # a lost JSON rolls forward only over intact tensors
         os.unlink(mp)
+        data = bytearray(open(p, "rb").read())
+        data[-1] ^= 0xFF
+        open(p, "wb").write(bytes(data))
     elif damage == "bad_json":
         open(mp, "w").write("{")
     else:

@@ -137,10 +137,21 @@ def test_damaged_network_tensors_are_refused_with_the_fix(bank, damage, never_tr
     assert open(p, "rb").read() == bytes(data)      # not overwritten
 
 
-@pytest.mark.parametrize("missing", ["weights", "json"])
+def legacy_tensor_file(p):
+    """Rewrite the tensor file ``p`` as entries were written before records were embedded: same tensors,
+    no header record."""
+    from safetensors.numpy import load, save
+
+    data = save(load(open(p, "rb").read()))
+    open(p, "wb").write(data)
+
+
+@pytest.mark.parametrize("missing", ["weights", "json_of_a_legacy_entry"])
 def test_incomplete_network_is_refused_not_retrained(bank, missing, never_train):
     p = banked_network(bank)
     gone, kept = (p, json_of(p)) if missing == "weights" else (json_of(p), p)
+    if missing != "weights":
+        legacy_tensor_file(p)
     os.unlink(gone)
     before = snapshot(bank.root)
     with pytest.raises(CorruptEntryError) as e:
@@ -149,6 +160,45 @@ def test_incomplete_network_is_refused_not_retrained(bank, missing, never_train)
     assert snapshot(bank.root) == before and not os.path.exists(gone) and os.path.exists(kept)
     [rec] = bank.verify()
     assert rec["health"] == "incomplete" and gone in rec["error"]
+
+
+def test_a_lost_json_rolls_forward_from_the_record_in_the_tensor_file(bank, never_train):
+    """A write interrupted between the tensor file (the commit, carrying its sealed record) and its JSON:
+    the next read rebuilds the same JSON, without training, and the entry is healthy."""
+    p = banked_network(bank)
+    want = json.load(open(json_of(p)))
+    os.unlink(json_of(p))
+    assert bank.has_network(TASK, NET, 0)
+    variables, meta = ensure(bank)
+    assert meta == want and json.load(open(json_of(p))) == want
+    np.testing.assert_array_equal(variables["params"]["head"]["kernel"], tiny_tree()["params"]["head"]["kernel"])
+    [rec] = bank.verify()
+    assert rec["health"] == "ok"
+
+
+def test_a_lost_json_is_not_rolled_forward_over_damaged_tensors(bank, never_train):
+    p = banked_network(bank)
+    os.unlink(json_of(p))
+    data = bytearray(open(p, "rb").read())
+    data[-1] ^= 0xFF                      # a tensor byte: the header record's tensors_sha256 no longer matches
+    open(p, "wb").write(bytes(data))
+    with pytest.raises(CorruptEntryError) as e:
+        ensure(bank)
+    assert_refusal(e.value, p, "damaged", "metadata file is missing", f"bin/bank rm {TASK} --net {NET} --seed 0")
+    assert not os.path.exists(json_of(p))
+
+
+def test_an_artifact_whose_json_was_lost_rolls_forward_without_recomputing(bank):
+    def compute():
+        raise AssertionError("recomputed")
+
+    bank.cached(TASK, "fisher", {"a": 1}, lambda: ({"d": np.arange(3.0)}, {"n_examples": 10}), key_prefix="k-")
+    p = bank.artifact_path(TASK, "fisher", "k-" + inputs_digest({"a": 1}))
+    want = json.load(open(json_of(p)))
+    os.unlink(json_of(p))
+    tree, meta, hit = bank.cached(TASK, "fisher", {"a": 1}, compute, key_prefix="k-")
+    assert hit and meta == want and meta["n_examples"] == 10
+    np.testing.assert_array_equal(tree["d"], np.arange(3.0))
 
 
 def test_retrain_and_rm_are_the_explicit_ways_out(bank, fake_train):
@@ -190,7 +240,7 @@ def test_edited_genotype_is_refused_with_the_fix(bank, edit):
     assert rec["entry"] == "genotype" and rec["health"] == "damaged"
 
 
-ARTIFACT_DAMAGE = ["edit_meta", "list", "flip", "no_tensors", "no_json"]
+ARTIFACT_DAMAGE = ["edit_meta", "list", "flip", "no_tensors", "no_json_of_a_legacy_entry"]
 
 
 @pytest.mark.parametrize("damage", ARTIFACT_DAMAGE)
@@ -213,6 +263,8 @@ def test_damaged_artifact_is_refused_not_recomputed(bank, damage):
         data[-1] ^= 0xFF
         open(p, "wb").write(bytes(data))
     else:
+        if damage != "no_tensors":
+            legacy_tensor_file(p)
         os.unlink(p if damage == "no_tensors" else json_of(p))
     with pytest.raises(CorruptEntryError) as e:
         bank.cached(TASK, "fisher", {"a": 1}, compute, key_prefix="k-")

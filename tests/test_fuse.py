@@ -1,5 +1,6 @@
-"""FUSE: mixture maths, phase freezing, selection on real data, convergence,
-SIGKILL resume, random-search budget."""
+"""FUSE: mixture maths (logits / probs / log_softmax against numpy), margins and winners, stop reasons,
+phase freezing, selection on real data, convergence, SIGKILL resume, settings in the checkpoint
+fingerprint, the α plot, random-search budget."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,17 @@ from tanas_jax.config import FinalConfig, FuseConfig
 from tanas_jax.errors import CorruptEntryError, UserError
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search import runtime
-from tanas_jax.search.fuse import FuseSteps, mixture_logits, run_round
+from tanas_jax.search.fuse import (
+    MIXTURES,
+    FuseSteps,
+    fuse_candidates,
+    mixture_log_softmax,
+    mixture_logits,
+    mixture_probs,
+    pick_winner,
+    run_round,
+    softmax_margin,
+)
 from tanas_jax.search.genotype import Genotype, authors_cell_structure
 from tanas_jax.search.random_search import random_search
 from tanas_jax.search.spaces import resolve_space
@@ -52,6 +63,73 @@ def test_mixture_is_softmax_weighted_sum():
     np.testing.assert_allclose(mixture_logits(jnp.asarray(alpha), jnp.asarray(logits)), expect, rtol=1e-6)
 
 
+def _np_softmax(z, axis=-1):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_probs_and_log_softmax_mixtures_match_numpy():
+    rng = np.random.RandomState(1)
+    alpha = np.array([0.7, -0.4, 1.5], np.float32)
+    logits = (3 * rng.randn(3, 6, 5)).astype(np.float32)
+    w = _np_softmax(alpha.astype(np.float64))
+    z = logits.astype(np.float64)
+    mixed = sum(w[c] * _np_softmax(z[c]) for c in range(3))                      # (B, K) probabilities
+    got = np.asarray(mixture_probs(jnp.asarray(alpha), jnp.asarray(logits)))
+    np.testing.assert_allclose(np.exp(got), mixed, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, rtol=1e-5)
+    geo = sum(w[c] * (z[c] - np.log(np.exp(z[c]).sum(-1, keepdims=True))) for c in range(3))
+    np.testing.assert_allclose(mixture_log_softmax(jnp.asarray(alpha), jnp.asarray(logits)), geo, rtol=1e-5)
+    # ... which, once the cross-entropy normalises it, is the logit mixture of eq. (7): the same loss
+    lin = sum(w[c] * z[c] for c in range(3))
+    np.testing.assert_allclose(geo - np.log(np.exp(geo).sum(-1, keepdims=True)),
+                               lin - np.log(np.exp(lin).sum(-1, keepdims=True)), rtol=1e-10)
+    # the loss of the probs mixture is -log of the mixed probability of the label
+    y = rng.randint(0, 5, 6)
+    ce = runtime.cross_entropy(jnp.asarray(got), jnp.asarray(y))
+    np.testing.assert_allclose(float(ce), -np.log(mixed[np.arange(6), y]).mean(), rtol=1e-5)
+    assert set(MIXTURES) == {"probs", "logits", "log_softmax"}
+
+
+def test_a_constant_candidate_is_a_temperature_only_under_the_logit_mixture():
+    """The flaw the probs default removes: under eq. (7), weight w on an all-zero candidate scales the other
+    candidate's logits by (1 - w) (a temperature); under probs it only mixes in the uniform 1/K."""
+    z = np.random.RandomState(2).randn(1, 4, 10).astype(np.float32) * 4
+    logits = jnp.asarray(np.concatenate([z, np.zeros_like(z)]))          # candidate 1: constant output
+    alpha = jnp.asarray([0.0, np.log(3.0)], jnp.float32)                 # weights 0.25 / 0.75
+    np.testing.assert_allclose(mixture_logits(alpha, logits), 0.25 * z[0], rtol=1e-5)
+    np.testing.assert_allclose(np.exp(mixture_probs(alpha, logits)), 0.25 * _np_softmax(z[0]) + 0.75 / 10,
+                               rtol=1e-5)
+
+
+def test_margin_and_winner_rules():
+    assert softmax_margin([0.2, 0.5, 0.3]) == pytest.approx(0.2)
+    assert softmax_margin([1 / 3] * 3) == pytest.approx(0.0)
+    assert softmax_margin([1.0]) == 1.0
+    assert pick_winner([0.1, 0.9, 0.3], [0.8, 0.1, 0.5], "alpha") == 1
+    assert pick_winner([0.1, 0.9, 0.3], [0.8, 0.1, 0.5], "val") == 0
+    assert pick_winner([0.1, 0.9, 0.3], [0.5, 0.5, 0.5], "val") == 1     # a tie goes to the larger α
+    assert pick_winner([0.4, 0.4, 0.3], [0.5, 0.5, 0.2], "val") == 0     # then to the first
+
+
+def test_config_refuses_unknown_mixture_winner_and_margin():
+    with pytest.raises(UserError, match="fuse.mixture: 'logit' is not valid.*logits"):
+        FuseConfig(mixture="logit")
+    with pytest.raises(UserError, match="fuse.winner: 'best' is not valid"):
+        FuseConfig(winner="best")
+    for bad in (0.0, 1.5):
+        with pytest.raises(UserError, match=r"fuse.margin: must be in \(0, 1\]"):
+            FuseConfig(margin=bad)
+
+
+def test_bin_fuse_refuses_a_bad_winner_in_one_line(capsys):
+    from tanas_jax.cli.fuse import main
+
+    assert main(["--task", "mnist_digit0", "--winner", "best"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: fuse.winner: 'best' is not valid"), err
+
+
 def test_config_rejects_one_candidate():
     with pytest.raises(UserError, match="candidates: must be >= 2"):
         FuseConfig(candidates=1)
@@ -81,14 +159,47 @@ def test_each_phase_freezes_the_other_partition():
 
 def test_fuse_picks_the_conv_cell_and_alpha_converges(digit0):
     cfg = FuseConfig(candidates=2, max_stages=12, weight_steps=10, alpha_steps=10, batch_size=32,
-                     alpha_learning_rate=0.3, tol=0.01)
+                     alpha_learning_rate=0.3, tol=0.01, margin=1.0)
     for order in ([NONE, CONV], [CONV, NONE]):
         rec, _ = run_round(order, digit0, cfg, seed=0, r=0)
         conv = order.index(CONV)
         assert rec["winner"] == conv, rec
         assert rec["softmax_alpha_per_stage"][-1][conv] > 0.9
-        assert rec["converged"], rec["softmax_alpha_per_stage"]
+        assert rec["converged"] and rec["stop_reason"] == "converged", rec["softmax_alpha_per_stage"]
         assert rec["val_accuracy"][conv] > 0.9 and rec["val_accuracy"][1 - conv] < 0.7
+        assert rec["margin"] == pytest.approx(softmax_margin(rec["softmax_alpha_per_stage"][-1]))
+
+
+TINY = dict(candidates=2, weight_steps=4, alpha_steps=4, batch_size=32, alpha_learning_rate=0.3)
+
+
+def test_a_round_stops_at_the_margin_at_convergence_or_at_the_cap(digit0):
+    cands = [NONE, CONV]
+    by_margin = fuse_candidates(cands, digit0, FuseConfig(**TINY, max_stages=8, margin=0.05), seed=1)
+    assert by_margin["stop_reason"] == "margin" and by_margin["margin"] > 0.05
+    assert all(softmax_margin(p) <= 0.05 for p in by_margin["softmax_alpha_per_stage"][:-1])
+    capped = fuse_candidates(cands, digit0, FuseConfig(**TINY, max_stages=3, margin=1.0, tol=1e-12), seed=1)
+    assert capped["stop_reason"] == "max_stages" and capped["stages"] == 3 and not capped["converged"]
+    loose = fuse_candidates(cands, digit0, FuseConfig(**TINY, max_stages=8, margin=1.0, tol=0.99), seed=1)
+    assert loose["stop_reason"] == "converged" and loose["stages"] == 1
+    # the winner rules, on the same round
+    val = fuse_candidates(cands, digit0, FuseConfig(**TINY, max_stages=3, margin=1.0, tol=1e-12, winner="val"),
+                          seed=1)
+    assert val["winner"] == val["val_winner"] == int(np.argmax(val["val_accuracy"]))
+    assert val["alpha_winner"] == int(np.argmax(val["alpha"])) == capped["winner"]
+    with pytest.raises(UserError, match="at least 2 candidates"):
+        fuse_candidates([CONV], digit0, FuseConfig(**TINY))
+
+
+@pytest.mark.parametrize("mixture", ["logits", "probs"])
+def test_a_shorter_round_is_the_prefix_of_a_longer_one(digit0, mixture):
+    """A round is a pure function of its seed: the α of an S-stage round is the longer round's α after S
+    stages (so the selector experiment may read the 3-stage pick from a 9-stage run)."""
+    cfg = dict(TINY, margin=1.0, tol=1e-12, mixture=mixture)
+    short = fuse_candidates([CONV, NONE], digit0, FuseConfig(**cfg, max_stages=2), seed=4)
+    long = fuse_candidates([CONV, NONE], digit0, FuseConfig(**cfg, max_stages=4), seed=4)
+    assert short["softmax_alpha_per_stage"] == long["softmax_alpha_per_stage"][:3]
+    assert short["mixture"] == mixture
 
 
 SPACE = "ops:none,skip_connect,max_pool_3x3,avg_pool_3x3"
@@ -165,6 +276,49 @@ def test_checkpoint_refuses_other_settings_and_corruption(tmp_path):
         ckpt.load(str(tmp_path), "abc")
 
 
+def test_checkpoint_fingerprint_holds_mixture_margin_and_winner(tmp_path, digit0):
+    """A resume with another mixture, margin or winner rule is refused, not mixed."""
+    space = resolve_space(SPACE)
+    base = FuseConfig(**SMALL)
+    fp = runtime.fingerprint(digit0, space, base, 3)
+    ckpt.save(str(tmp_path), fp, {"round": 0, "history": []})
+    assert ckpt.load(str(tmp_path), runtime.fingerprint(digit0, space, FuseConfig(**SMALL), 3))[0]["round"] == 0
+    for change in ({"mixture": "logits"}, {"margin": 0.3}, {"winner": "val"}):
+        other = runtime.fingerprint(digit0, space, FuseConfig(**{**SMALL, **change}), 3)
+        assert other != fp, change
+        with pytest.raises(UserError, match="other settings"):
+            ckpt.load(str(tmp_path), other)
+
+
+def test_alpha_plot_shows_margins_and_own_accuracies(tmp_path):
+    from tanas_jax.search.plots import plot_alpha
+
+    hist = [{"softmax_alpha_per_stage": [[1 / 3] * 3, [0.5, 0.2, 0.3], [0.7, 0.1, 0.2]], "winner": 0,
+             "margin": 0.5, "val_accuracy": [0.8, 0.1, 0.6]},
+            {"softmax_alpha_per_stage": [[0.5, 0.5], [0.4, 0.6]], "winner": 1, "margin": 0.2,
+             "val_accuracy": [0.7, 0.75]}]
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real = plt.subplots
+
+    def spy(*a, **k):
+        captured["fig"], captured["axes"] = out = real(*a, **k)
+        return out
+
+    plt.subplots = spy
+    try:
+        path = plot_alpha(hist, str(tmp_path / "alpha.png"), "t")
+    finally:
+        plt.subplots = real
+    assert os.path.getsize(path) > 1000 and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    top, bottom = captured["axes"]
+    notes = [t.get_text() for t in top.texts]
+    assert notes == ["w0 m=0.50", "w1 m=0.20"]
+    accs = sorted(float(y) for coll in bottom.collections for _, y in coll.get_offsets())
+    assert accs == pytest.approx(sorted([0.8, 0.1, 0.6, 0.7, 0.75]))
+
+
 def test_checkpoint_restores_a_state_exactly(tmp_path):
     state = {"w": [jnp.arange(6.0).reshape(2, 3) / 7, jnp.ones(2, jnp.int32)], "b": {"x": jnp.float32(0.1)}}
     ckpt.save(str(tmp_path), "fp", {"step": 3}, state, "s")
@@ -179,8 +333,9 @@ def test_checkpoint_restores_a_state_exactly(tmp_path):
 
 
 def test_single_network_steps_equal_a_one_candidate_fuse_step(digit0):
-    """runtime.train_single (the final protocol) is FUSE's C = 1 step, bit for bit."""
-    cfg = FuseConfig(batch_size=16, eval_batch_size=200)
+    """runtime.train_single (the final protocol) is FUSE's C = 1 step, bit for bit (under eq. (7); the other
+    mixtures of one candidate are its log-softmax: the same distribution, other float rounding)."""
+    cfg = FuseConfig(batch_size=16, eval_batch_size=200, mixture="logits")
     recipe = FinalConfig(steps=6, batch_size=16, eval_batch_size=200)
     fs = FuseSteps([CONV], "tiny", digit0.num_classes, cfg, SHAPE)
     state = fs.init_state([5, 1])

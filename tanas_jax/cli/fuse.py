@@ -2,6 +2,7 @@
 
     bin/fuse --task mnist_10way --space from:task7 [--candidates 3] [--rounds 10] [--bank DIR] [--out DIR]
     bin/fuse --task mnist_10way --compare standard,from:task7,random --out DIR
+    bin/fuse ... [--winner alpha|val] [--mixture probs|logits|log_softmax] [--margin 0.25]
 
 Searches cells in ``--space`` (standard | from:TASK | from:closest[:k] |
 ops:a,b,c | a JSON file), trains the winner from scratch, tests it once and
@@ -10,7 +11,9 @@ task; ``--no-bank-write`` to skip).  ``--compare`` runs several spaces and the
 random-search baseline (``random``: same budget, samples ``--random-space``)
 and prints a table.  With ``--out`` every run is checkpointed after each round
 in ``OUT/checkpoints/``; rerunning the same command resumes (``--restart``
-starts over).  Writes ``OUT/result.json`` and ``OUT/alpha_<space>.png``.
+starts over).  Writes ``OUT/result.json`` and ``OUT/alpha_<space>.png`` (softmax(α), each round's
+margin and the candidates' own validation accuracies).  ``--winner``, ``--mixture`` and ``--margin`` set
+the ``fuse`` section's fields of the same names (see :mod:`tanas_jax.search.fuse`).
 """
 from __future__ import annotations
 
@@ -52,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "samples (default standard)")
     p.add_argument("--candidates", type=int, default=None, help="C, candidates per round (config fuse.candidates)")
     p.add_argument("--rounds", type=int, default=None, help="I, rounds (config fuse.rounds)")
+    p.add_argument("--winner", default=None, metavar="alpha|val",
+                   help="a round's winner: alpha = argmax α (the papers' eq. 10) | val = the candidate with the best "
+                        "own validation accuracy (config fuse.winner, default alpha)")
+    p.add_argument("--mixture", default=None, metavar="probs|logits|log_softmax",
+                   help="what α mixes: probs (default) | logits (the papers' eq. 7, for reproduction) | log_softmax "
+                        "(config fuse.mixture)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="a round stops once softmax(α)'s leader beats the runner-up by more than this "
+                        "(config fuse.margin; 1 = never early)")
     p.add_argument("--restart", action="store_true", help="ignore and replace existing checkpoints in --out")
     p.add_argument("--no-bank-write", action="store_true", help="do not store the winner in the bank")
     add_common_args(p)
@@ -175,7 +187,8 @@ def run(argv) -> int:
     args = build_parser().parse_args(argv)
     progress_from_args(args)
     cfg = config_from_args(args)
-    fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds)
+    fcfg = from_section(FuseConfig, cfg.fuse, candidates=args.candidates, rounds=args.rounds, winner=args.winner,
+                        mixture=args.mixture, margin=args.margin)
     enable_compilation_cache(fcfg.compilation_cache)
     target = parse_task(args.task)
     check_out_dir(args.out, restart=args.restart)

@@ -4,13 +4,35 @@ Public API::
 
     FuseConfig (tanas_jax.config, section ``fuse``)
     mixture_logits(alpha, logits) -> (B, K)      # eq. (7): sum_c softmax(alpha)_c logits_c
+    mixture_probs(alpha, logits) -> (B, K)       # log sum_c softmax(alpha)_c softmax(logits_c)
+    mixture_log_softmax(alpha, logits) -> (B, K) # sum_c softmax(alpha)_c log_softmax(logits_c)
+    MIXTURES = {'probs', 'logits', 'log_softmax'}   # fuse.mixture picks one
+    softmax_margin(probs) -> float                # leader minus runner-up
+    pick_winner(alpha, val_accuracy, rule) -> int # rule: 'alpha' (eq. (10)) | 'val'
     make_fuse_optimizer(cfg) -> optax.GradientTransformationExtraArgs
     compiled_steps(genotypes, skeleton, num_classes, cfg, input_shape) -> FuseSteps (cached)
-    train_candidates(genotypes, data, cfg, skeleton, seed_parts, steps) -> (state, info)
+    run_round(candidates, data, cfg, seed, r) -> (record, state)
+    fuse_candidates(candidates, data, cfg, seed=0, *, round_index=0) -> record   # a fixed candidate list
     fuse_search(data, space, cfg, seed, *, final=FinalConfig(), final_data=None,
                 checkpoint_dir=None, log=print) -> dict
 
-**Parameters and optimiser.**  The C candidates' parameters and α form one
+**The mixture** (``fuse.mixture``).  The papers' eq. (7) mixes the candidates'
+*logits* (``logits``; the authors' code does the same).  Then a candidate with a
+constant output (an all-``none`` cell) acts as a temperature knob: weighting it
+shrinks the other candidates' logits, and α, fitted on validation
+cross-entropy, buys calibration instead of accuracy (on real Fashion-MNIST
+with a conv / all-``none`` / all-``skip_connect`` cell, α drifts to the
+``none`` cell as stages go on; ``docs/results_selector.md``).  The default
+``probs`` mixes the candidates' class *probabilities*: the loss is
+``-log Σ_c softmax(α)_c p_c(y|x)``, a mixture of experts in which a constant
+candidate can only contribute its uniform 1/K; ``log_softmax`` normalises each
+candidate's logits before mixing (a geometric mixture) -- which changes nothing:
+Σ_c w_c log_softmax(z_c) differs from Σ_c w_c z_c by a per-example constant that
+the cross-entropy removes, so it is eq. (7) up to float rounding (kept so the
+measurement can be rerun).  All three return
+(B, K) scores whose cross-entropy is the loss, so the steps are the same code.
+
+**Parameters and optimiser.****Parameters and optimiser.**  The C candidates' parameters and α form one
 tree ``{'weights': [cand_0, ..., cand_{C-1}], 'alpha': α (C,)}`` optimised by
 ONE ``optax.multi_transform`` with labels ``weights``/``alpha`` (Adam each).
 Each partition's transform is wrapped in :func:`phase_gated`: the phase is an
@@ -35,9 +57,13 @@ or resume loads them; a per-instance trace counter guards them
 
 **Rounds.**  α starts uniform (zeros: every constant gives the same softmax;
 the authors' 1 or 1/C are the same point).  A *stage* is ``weight_steps``
-weight steps then ``alpha_steps`` α steps; stages repeat until
-max_c |Δ softmax(α)_c| over a stage < ``tol`` or ``max_stages``.  Winner =
-argmax α (eq. (10)) and becomes the next round's seed; the other C−1
+weight steps then ``alpha_steps`` α steps; stages repeat until the round is
+decided: softmax(α)'s leader beats the runner-up by more than ``margin``
+(``stop_reason`` 'margin'), or max_c |Δ softmax(α)_c| over a stage < ``tol``
+('converged'), or ``max_stages`` ('max_stages').  The record keeps the final
+margin and each candidate's own validation accuracy (evaluated alone with the
+weights it has inside the mixture) next to α.  Winner = argmax α (eq. (10);
+``winner='val'``: the best own validation accuracy) and becomes the next round's seed; the other C−1
 candidates are fresh uniform samples from the space, distinct from the seed
 when the space allows.  Every round starts from freshly initialised weights.
 
@@ -65,6 +91,7 @@ import numpy as np
 import optax
 
 from tanas_jax.config import FinalConfig, FuseConfig, to_dict
+from tanas_jax.errors import UserError
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search.genotype import Genotype
 from tanas_jax.search.network import build_network, get_skeleton, init_network, param_count
@@ -89,6 +116,38 @@ INIT_STREAM = 999_999
 def mixture_logits(alpha: jax.Array, logits: jax.Array) -> jax.Array:
     """Eq. (7): ``Σ_c softmax(α)_c · logits[c]``; alpha (C,), logits (C, B, K) -> (B, K)."""
     return jnp.tensordot(jax.nn.softmax(alpha), logits, axes=1)
+
+
+def mixture_probs(alpha: jax.Array, logits: jax.Array) -> jax.Array:
+    """``log Σ_c softmax(α)_c · softmax(logits[c])``: the log of the α-weighted mixture of the candidates'
+    class probabilities, (B, K) (already normalised, so the cross-entropy of it is ``-log`` of the mixed
+    probability of the label), computed with a log-sum-exp."""
+    return jax.nn.logsumexp(jax.nn.log_softmax(alpha)[:, None, None] + jax.nn.log_softmax(logits, axis=-1),
+                            axis=0)
+
+
+def mixture_log_softmax(alpha: jax.Array, logits: jax.Array) -> jax.Array:
+    """``Σ_c softmax(α)_c · log_softmax(logits[c])``: each candidate's logits normalised before mixing
+    (a geometric mixture of the candidates' distributions once the cross-entropy normalises it)."""
+    return jnp.tensordot(jax.nn.softmax(alpha), jax.nn.log_softmax(logits, axis=-1), axes=1)
+
+
+MIXTURES: dict[str, Callable] = {"probs": mixture_probs, "logits": mixture_logits,
+                                 "log_softmax": mixture_log_softmax}
+
+
+def softmax_margin(probs) -> float:
+    """Leader minus runner-up of a probability vector (softmax(α)); 1.0 for a single entry."""
+    top = np.sort(np.asarray(probs, np.float64))[::-1]
+    return float(top[0] - top[1]) if len(top) > 1 else 1.0
+
+
+def pick_winner(alpha, val_accuracy, rule: str) -> int:
+    """``alpha``: argmax α (eq. (10)); ``val``: the best own validation accuracy, ties to the larger α."""
+    alpha = np.asarray(alpha, np.float64)
+    if rule == "val":
+        return int(np.lexsort((-np.arange(len(alpha)), alpha, np.asarray(val_accuracy, np.float64)))[-1])
+    return int(np.argmax(alpha))
 
 
 def _labels(params):
@@ -118,15 +177,16 @@ def _forward(nets, weights, bstats, x, train):
     return jnp.stack(outs), new_bs
 
 
-def _step_fns(nets, tx):
-    """The pure weight (eq. 8), α (eq. 9) and eval steps of one candidate list."""
+def _step_fns(nets, tx, mix: Callable):
+    """The pure weight (eq. 8), α (eq. 9) and eval steps of one candidate list; ``mix`` is one of
+    :data:`MIXTURES` (eq. (7) for ``logits``)."""
 
     def weight_step(state, x, y):
         params = state["params"]
 
         def loss_fn(w):
             logits, nbs = _forward(nets, w, state["batch_stats"], x, True)
-            return cross_entropy(mixture_logits(params["alpha"], logits), y), nbs
+            return cross_entropy(mix(params["alpha"], logits), y), nbs
 
         (loss, nbs), gw = jax.value_and_grad(loss_fn, has_aux=True)(params["weights"])
         grads = {"weights": gw, "alpha": jnp.zeros_like(params["alpha"])}
@@ -137,7 +197,7 @@ def _step_fns(nets, tx):
         params = state["params"]
         logits, _ = _forward(nets, params["weights"], state["batch_stats"], x, True)
         logits = jax.lax.stop_gradient(logits)
-        loss, ga = jax.value_and_grad(lambda a: cross_entropy(mixture_logits(a, logits), y))(params["alpha"])
+        loss, ga = jax.value_and_grad(lambda a: cross_entropy(mix(a, logits), y))(params["alpha"])
         grads = {"weights": jax.tree_util.tree_map(jnp.zeros_like, params["weights"]), "alpha": ga}
         upd, opt = tx.update(grads, state["opt"], params, phase_name="alpha")
         return {"params": optax.apply_updates(params, upd), "batch_stats": state["batch_stats"],
@@ -145,8 +205,8 @@ def _step_fns(nets, tx):
 
     def eval_step(state, x):
         logits, _ = _forward(nets, state["params"]["weights"], state["batch_stats"], x, False)
-        mix = mixture_logits(state["params"]["alpha"], logits)
-        return jnp.argmax(logits, -1).T, jnp.argmax(mix, -1)   # (B, C), (B,)
+        mixed = mix(state["params"]["alpha"], logits)
+        return jnp.argmax(logits, -1).T, jnp.argmax(mixed, -1)   # (B, C), (B,)
 
     return {"weights": weight_step, "alpha": alpha_step, "eval": eval_step}
 
@@ -164,7 +224,7 @@ class FuseSteps(CompiledSteps):
         self.cfg = cfg
         self.tx = make_fuse_optimizer(cfg)
         self.nets = [build_network(g, self.skeleton, num_classes) for g in self.genotypes]
-        for name, fn in _step_fns(self.nets, self.tx).items():
+        for name, fn in _step_fns(self.nets, self.tx, MIXTURES[cfg.mixture]).items():
             self.register(name, fn)
 
     def init_state(self, seed_parts: Sequence[int]) -> dict:
@@ -196,13 +256,23 @@ def compiled_steps(genotypes: Sequence[Genotype], skeleton, num_classes: int, cf
     """The cached :class:`FuseSteps` (the runtime's step cache) of a candidate list and settings."""
     sk = get_skeleton(skeleton)
     key = ("fuse", tuple(g.key() for g in genotypes), sk, int(num_classes), tuple(input_shape),
-           cfg.batch_size, cfg.eval_batch_size, cfg.learning_rate, cfg.alpha_learning_rate)
+           cfg.batch_size, cfg.eval_batch_size, cfg.learning_rate, cfg.alpha_learning_rate, cfg.mixture)
     return STEP_CACHE.get(key, lambda: FuseSteps(genotypes, sk, num_classes, cfg, input_shape))
 
 
 # --- one round ------------------------------------------------------------------------------
+def _stop_reason(p: np.ndarray, before, cfg: FuseConfig) -> str | None:
+    """Why a round stops after a stage with softmax(α) ``p`` (``before``: at the previous stage), or None."""
+    if softmax_margin(p) > cfg.margin:
+        return "margin"
+    if float(np.max(np.abs(p - np.asarray(before)))) < cfg.tol:
+        return "converged"
+    return None
+
+
 def _stages(steps: FuseSteps, state, train: BatchStream, val: BatchStream, cfg: FuseConfig, n: int):
-    """Stages until α converges or ``max_stages``: (state, softmax(α) per stage, losses, converged)."""
+    """Stages until softmax(α)'s margin exceeds ``margin``, α converges or ``max_stages``:
+    (state, softmax(α) per stage, losses, stop reason)."""
     probs = [np.full(n, 1.0 / n).tolist()]
     losses = []
     for _ in range(cfg.max_stages):
@@ -213,15 +283,20 @@ def _stages(steps: FuseSteps, state, train: BatchStream, val: BatchStream, cfg: 
             state, loss = steps.alpha_step(state, *val.next())
         losses.append([wl, float(loss)])
         p = np.asarray(jax.nn.softmax(state["params"]["alpha"]), np.float64)
-        delta = float(np.max(np.abs(p - np.asarray(probs[-1]))))
+        reason = _stop_reason(p, probs[-1], cfg)
         probs.append(p.tolist())
-        if delta < cfg.tol:
-            return state, probs, losses, True
-    return state, probs, losses, False
+        if reason:
+            return state, probs, losses, reason
+    return state, probs, losses, "max_stages"
 
 
 def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, r: int) -> tuple[dict, dict]:
-    """Train the C candidates jointly until α converges; returns (record, state)."""
+    """Train the C candidates jointly until the round stops (see :func:`_stages`); returns (record, state).
+
+    The record holds α, softmax(α) per stage, the final ``margin`` and ``stop_reason``, and each
+    candidate's own validation accuracy (``val_accuracy``: evaluated alone, eval-mode BatchNorm, with
+    the weights it has inside the mixture); ``winner`` follows ``cfg.winner``.
+    """
     t0 = time.perf_counter()
     steps = compiled_steps(candidates, cfg.skeleton, data.num_classes, cfg, input_shape_of(data))
     compile_before = steps.compile_s
@@ -229,18 +304,24 @@ def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, 
     bgen = rng(seed, r, 2)
     train = BatchStream(data.x_train, data.y_train, cfg.batch_size, bgen)
     val = BatchStream(data.x_val, data.y_val, cfg.batch_size, bgen)
-    state, probs, losses, converged = _stages(steps, state, train, val, cfg, len(candidates))
+    state, probs, losses, reason = _stages(steps, state, train, val, cfg, len(candidates))
     alpha = np.asarray(state["params"]["alpha"])
     cand_acc, mix_acc = steps.accuracy(state, data.x_val, data.y_val)
     rec = {
         "round": r,
         "candidates": [g.to_dict() for g in candidates],
+        "mixture": cfg.mixture,
         "alpha": alpha.tolist(),
         "softmax_alpha_per_stage": probs,
         "stages": len(probs) - 1,
-        "converged": converged,
+        "stop_reason": reason,
+        "converged": reason == "converged",
+        "margin": softmax_margin(probs[-1]),
         "losses_per_stage": losses,
-        "winner": int(np.argmax(alpha)),
+        "winner_rule": cfg.winner,
+        "winner": pick_winner(alpha, cand_acc, cfg.winner),
+        "alpha_winner": pick_winner(alpha, cand_acc, "alpha"),
+        "val_winner": pick_winner(alpha, cand_acc, "val"),
         "val_accuracy": cand_acc.tolist(),
         "mixture_val_accuracy": mix_acc,
         "params": [param_count(w) for w in state["params"]["weights"]],
@@ -248,6 +329,17 @@ def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, 
         "wall_s": time.perf_counter() - t0,
     }
     return rec, state
+
+
+def fuse_candidates(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int = 0, *,
+                    round_index: int = 0) -> dict:
+    """One FUSE round over a FIXED candidate list (no sampling, no final training): the round's record
+    (see :func:`run_round`), e.g. to test the selector on hand-picked cells.  The compiled steps are
+    cached per (candidates, shapes, settings), so seeds after the first reuse them."""
+    if len(candidates) < 2:
+        raise UserError(f"fuse_candidates: needs at least 2 candidates to compare, got {len(candidates)}")
+    rec, _ = run_round(list(candidates), data, cfg, seed, round_index)
+    return rec
 
 
 # --- the search -----------------------------------------------------------------------------
@@ -264,9 +356,9 @@ def _resume(checkpoint_dir, fp: str, cfg: FuseConfig, seed_geno: Genotype, log) 
 def _log_round(log, rec: dict, r: int, rounds: int) -> None:
     log(f"fuse round {r + 1}/{rounds}: softmax(α)="
         f"[{', '.join(f'{p:.3f}' for p in rec['softmax_alpha_per_stage'][-1])}] "
-        f"stages {rec['stages']}{' (converged)' if rec['converged'] else ''} "
+        f"margin {rec['margin']:.3f} stages {rec['stages']} ({rec['stop_reason']}) "
         f"val acc [{', '.join(f'{a:.3f}' for a in rec['val_accuracy'])}] -> winner {rec['winner']} "
-        f"({rec['wall_s']:.1f}s, compile {rec['compile_s']:.1f}s)")
+        f"(by {rec['winner_rule']}; {rec['wall_s']:.1f}s, compile {rec['compile_s']:.1f}s)")
 
 
 def _rounds(data, space, cfg: FuseConfig, seed: int, fp: str, checkpoint_dir, log) -> tuple:
@@ -315,6 +407,7 @@ def fuse_search(data, space, cfg: FuseConfig, seed: int = 0, *, final: FinalConf
         "winner_short": winner.short(),
         "history": history,
         "alpha_over_rounds": [h["softmax_alpha_per_stage"][-1] for h in history],
+        "margin_over_rounds": [h["margin"] for h in history],
         "search_wall_s": search_s,
         "search_compile_s": sum(h["compile_s"] for h in history),
         "candidate_evaluations": len(history) * cfg.candidates,
