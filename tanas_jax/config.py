@@ -185,6 +185,8 @@ class DistanceConfig:
     reduction: str = "global"         # global (LD-NAS eq. 2) | per_layer (authors' code)
     head: str = "pad"                 # pad (authors) | backbone
     authors_fisher: bool = False      # authors' batch-mean-squared variant (comparison only)
+    bootstrap: int = 20               # P(closest): resamples of the Fisher examples per seed (0: seeds only)
+    bootstrap_blocks: int = 10        # the examples in this many blocks (one Fisher each), resampled
 
     def __post_init__(self):
         _choice("distance.metric", self.metric, METRICS)
@@ -193,6 +195,8 @@ class DistanceConfig:
         _choice("distance.reduction", self.reduction, REDUCTIONS)
         _choice("distance.head", self.head, HEAD_MODES)
         _positive(self, "distance", "sigma2")
+        _at_least(self, "distance", 0, "bootstrap")
+        _at_least(self, "distance", 2, "bootstrap_blocks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,11 +409,16 @@ class TanasConfig:
     metric: str = "logdet"
     top_k: int = 1
     full_table_max: int = 10         # full K x K table up to this many tasks, else the target column
+    min_confidence: float = 0.5      # warn when P(closest) of the chosen base(s) is below this
+    material: float = 0.1            # top_k > 1: use only bases with P(closest) >= this (at least one)
 
     def __post_init__(self):
         _choice("tanas.metric", self.metric, METRICS)
         _at_least(self, "tanas", 1, "top_k")
         _at_least(self, "tanas", 0, "full_table_max")
+        for f in ("min_confidence", "material"):
+            if not 0.0 <= getattr(self, f) <= 1.0:
+                _fail(f"tanas.{f}", f"must be a probability in [0, 1], got {getattr(self, f)}")
 
 
 SECTIONS: dict[str, type] = {

@@ -6,8 +6,10 @@ chooses the target, the bases, the metric and k):
 1. every base task and the target get trained ε-approximation networks
    (``cfg.bank.seeds``), reusing the bank;
 2. the distance table over bases + target (Fisher log-det / Fréchet, or the
-   transform-network distance), cached in the bank; the k closest bases to the
-   target (column = target, as in the papers);
+   transform-network distance), cached in the bank; the closest base to the
+   target (column = target, as in the papers) with its P(closest) over the seeds and
+   bootstrap resamples (a warning below ``tanas.min_confidence``); with k > 1 the
+   bases whose P(closest) is material (:func:`choose_bases`);
 3. those k bases get a genotype if they lack one (the bank's, a bundled genotype
    file in ``configs/genotypes``, or a standard-space FUSE run on the base, which
    is banked);
@@ -91,17 +93,19 @@ def run_pipeline(cfg, *, bank, out: str | None = None, seed: int = 0, baselines:
     nets = _timed(led, "networks_s", _networks, run, led)
     dist = _timed(led, "distances_s", _distances, run, led)
     run.log(f"closest bases to {run.target}: " + ", ".join(f"{b} ({dist['column'][b]:.4g})" for b in dist["ranking"]))
+    _announce_confidence(run, dist["confidence"])
     genos = _timed(led, "base_genotypes_s", _base_genotypes, run, led, dist["closest"], fcfg)
     data = search_data(run.cfg, run.target)
     run.log(data.summary())
-    space = resolve_space(f"from:closest:{run.k}", bank=bank, target=run.target,
-                          closest_fn=lambda _t: dist["ranking"], log=run.log)
+    space = resolve_space(f"from:closest:{len(dist['closest'])}", bank=bank, target=run.target,
+                          closest_fn=lambda _t: dist["closest"], log=run.log)
     runs = _timed(led, "searches_s", _searches, run, led, data, space, fcfg, baselines)
     geno = _bank_target_genotype(run, data, space, dist["closest"], runs["task-aware"])
     led.timings["total_s"] = time.perf_counter() - t_all
     return {"command": "tanas", "target": run.target, "bases": run.bases, "metric": run.metric,
             "top_k": run.k, "seed": seed, "config": run.cfg.to_dict(), "data": data.record(),
-            "networks": nets, "distance": dist, "closest": dist["closest"], "base_genotypes": genos,
+            "networks": nets, "distance": dist, "closest": dist["closest"], "confidence": dist["confidence"],
+            "base_genotypes": genos,
             "space": space.to_dict(), "runs": runs, "table": summary_rows(runs, nets, space.name),
             "genotype": geno, "reused": led.reused, "computed": led.computed, "timings": led.timings}
 
@@ -167,7 +171,7 @@ def _distances(run: _Run, led: _Ledger) -> dict:
         full = len(tasks_all) <= int(run.cfg.tanas.full_table_max) and _bases_have_data(run)
         table = fisher_distance_table(run.bank, tasks_all, run.cfg, run.seeds,
                                       targets=None if full else [run.target], progress=run.progress,
-                                      log=run.log)
+                                      log=run.log, bootstrap_seed=run.seed, p_targets=[run.target])
         c = table.get("cache", {})
         if c.get("reused"):
             led.reused.append(f"{c['reused']} Fisher spectra")
@@ -176,8 +180,55 @@ def _distances(run: _Run, led: _Ledger) -> dict:
     t = tasks_all.index(run.target)
     col = [(table["mean"][i][t], b) for i, b in enumerate(tasks_all) if b != run.target]
     ranking = [b for _, b in sorted(col)]
-    return {"table": table, "tasks": tasks_all, "ranking": ranking,
-            "column": {b: float(d) for d, b in col}, "closest": ranking[: run.k]}
+    from tanas_jax.distance.table import add_seed_p_closest
+
+    add_seed_p_closest(table)
+    p = table["p_closest"][run.target]
+    tc = section(run.cfg, "tanas")
+    closest = choose_bases(ranking, p, run.k, tc.material)
+    conf = confidence_note(run.target, closest, p, table["bootstrap"]["over"], tc.min_confidence)
+    return {"table": table, "tasks": tasks_all, "ranking": ranking, "column": {b: float(d) for d, b in col},
+            "closest": closest, "p_closest": p, "confidence": conf}
+
+
+def choose_bases(ranking: list[str], p: dict, k: int, material: float) -> list[str]:
+    """The bases whose cells form the search space.
+
+    ``k == 1``: the closest base by mean distance (TA-NAS Algorithm 1).  ``k > 1``: the bases whose
+    P(closest) is material (``p[b] >= material``), closest first by mean distance, at most ``k``;
+    when none is, the closest base alone (always at least one).
+    """
+    if k == 1:
+        return ranking[:1]
+    chosen = [b for b in ranking if p.get(b, 0.0) >= material][:k]
+    return chosen or ranking[:1]
+
+
+def confidence_note(target: str, chosen: list[str], p: dict, over: str, min_confidence: float) -> dict:
+    """How sure the choice is: ``{'p', 'over', 'message', 'warning'}``.
+
+    ``p`` is P(closest) of the chosen base, or with several chosen bases the probability that the
+    closest base is one of them (their sum).  ``warning`` is a sentence when ``p < min_confidence``
+    (else None).
+    """
+    conf = float(sum(p.get(b, 0.0) for b in chosen))
+    what = "closest base" if len(chosen) == 1 else "closest base among"
+    message = f"{what}: {', '.join(chosen)} (P(closest) = {conf:.2f} over {over})"
+    warning = None
+    if conf < min_confidence:
+        others = sorted(((v, b) for b, v in p.items() if b not in chosen), reverse=True)[:2]
+        alt = ", ".join(f"{b} {v:.2f}" for v, b in others)
+        warning = (f"low confidence in the choice of base for {target}: P(closest) = {conf:.2f} < "
+                   f"tanas.min_confidence = {min_confidence:g} (next: {alt}); more seeds (bank.seeds) or "
+                   "Fisher examples would make it surer")
+    return {"p": conf, "over": over, "chosen": list(chosen), "message": message, "warning": warning}
+
+
+def _announce_confidence(run: _Run, conf: dict) -> None:
+    """Log the confidence of the choice; a logger warning when it is below ``tanas.min_confidence``."""
+    run.log(conf["message"])
+    if conf["warning"]:
+        logger.warning(conf["warning"])
 
 
 def _bases_have_data(run: _Run) -> bool:
@@ -325,4 +376,4 @@ def summary_rows(runs: dict, nets: list[dict], space_name: str) -> list[dict]:
     return rows
 
 
-__all__ = ["run_pipeline", "search_data", "summary_rows"]
+__all__ = ["choose_bases", "confidence_note", "run_pipeline", "search_data", "summary_rows"]

@@ -81,6 +81,7 @@ def _header_lines(result: dict) -> list[str]:
     return [f"# TA-NAS report: {result['target']}", "",
             f"- bases ({len(result['bases'])}): {', '.join(result['bases'])}",
             f"- metric: {result['metric']}; closest {result['top_k']}: **{', '.join(result['closest'])}**",
+            *_confidence_lines(result),
             f"- data: {result['data']['source']}, target sizes {result['data']['sizes']}",
             f"- config: {result['config'].get('preset')} (seed {result['seed']}); ε-nets "
             f"{result['config']['train']['net']}, seeds {result['config']['bank']['seeds']}",
@@ -89,11 +90,24 @@ def _header_lines(result: dict) -> list[str]:
             f"- wall time: {timings['total_s']:.0f} s ({steps})", ""]
 
 
+def _confidence_lines(result: dict) -> list[str]:
+    """The confidence of the choice of base, and the warning when it is low (results without one: none)."""
+    conf = result["distance"].get("confidence")
+    if not conf:
+        return []
+    lines = [f"- confidence: {conf['message']}"]
+    return lines + ([f"- **warning**: {conf['warning']}"] if conf.get("warning") else [])
+
+
 def _distance_lines(result: dict, paths: dict) -> list[str]:
     dist = result["distance"]
-    lines = ["## Distances to the target (closest first)", "", "| base | distance |", "|---|---|"]
-    lines += [f"| {b}{' **(chosen)**' if b in result['closest'] else ''} | {dist['column'][b]:.5g} |"
-              for b in dist["ranking"]]
+    p = dist.get("p_closest") or {}
+    over = (dist.get("confidence") or {}).get("over", "")
+    lines = ["## Distances to the target (closest first)", "",
+             f"P(closest): how often the base is the closest over {over or 'the seeds'}.", "",
+             "| base | distance | P(closest) |", "|---|---|---|"]
+    lines += [f"| {b}{' **(chosen)**' if b in result['closest'] else ''} | {dist['column'][b]:.5g} | "
+              f"{'' if p.get(b) is None else format(p[b], '.2f')} |" for b in dist["ranking"]]
     return lines + ["", f"![distances]({os.path.basename(paths['heatmap'])})", ""]
 
 
@@ -132,7 +146,9 @@ def _heatmap(path: str, dist: dict, target: str, closest: list[str], metric: str
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), dpi=100, squeeze=False)
     for ax, (mat, title) in zip(axes[0], panels):
         _heatmap_panel(fig, ax, mat, dist["tasks"], target, closest, f"{metric} distance d[b, t]: {title}")
-    fig.suptitle(f"target {target}: chosen base {', '.join(closest)} (red)")
+    conf = dist.get("confidence") or {}
+    sure = f", P(closest) = {conf['p']:.2f} over {conf['over']}" if conf else ""
+    fig.suptitle(f"target {target}: chosen base {', '.join(closest)} (red){sure}")
     return save_figure(fig, path)
 
 

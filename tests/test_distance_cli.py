@@ -306,3 +306,77 @@ def test_fisher_cache_keys_are_stable(tiny, tmp_path):
     bank_sentinels("mnist_digit0", "mnist_10way", 2, 9.0)     # ...are not what the padded rule finds
     assert_found("mnist_digit0", "mnist_10way", 9.0)
     assert store.stats["cached"] == 6 and store.stats["computed"] == 0
+
+
+# --- P(closest) (issue 11): one in-process bin/distance run on this bank ------------------------
+BOOT = ["--bootstrap", "5", "--bootstrap-seed", "3", "--set", "distance.bootstrap_blocks=4"]
+
+
+@pytest.fixture(scope="module")
+def boot(tiny):
+    """A table with P(closest) over 1 seed x 5 resamples of 4 blocks of 16 Fisher examples (in-process)."""
+    from tanas_jax.cli.distance import run
+
+    out = str(tiny["root"] / "boot")
+    assert run(["--tasks", ",".join(TASKS), "--metric", "logdet", "--bank", tiny["bank"], "--out", out,
+                *BOOT, *TINY]) == 0
+    with open(f"{out}/result.json") as f:
+        return {"out": out, "result": json.load(f)}
+
+
+def test_distance_cli_writes_p_closest_in_json_and_csv(boot):
+    res = boot["result"]
+    b = res["bootstrap"]
+    assert (b["resamples"], b["blocks"], b["seed"], b["over"]) == (5, 4, 3, "1 seed x 5 resamples")
+    pc = res["p_closest"]
+    assert set(pc) == set(TASKS)
+    for t in TASKS:
+        assert set(pc[t]) == set(TASKS) - {t}
+        assert sum(pc[t].values()) == pytest.approx(1.0)
+        # 5 replicates, a tie split in halves: every P is a multiple of 1/10
+        assert all(0.0 <= v <= 1.0 and abs(v * 10 - round(v * 10)) < 1e-9 for v in pc[t].values())
+    with open(res["files"]["csv_p_closest"]) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["base\\target"] + TASKS and [r[0] for r in rows[1:]] == TASKS
+    for i, base in enumerate(TASKS):
+        for j, t in enumerate(TASKS):
+            cell = rows[1 + i][1 + j]
+            assert cell == "" if base == t else float(cell) == pytest.approx(pc[t][base], abs=1e-6)
+    assert open(res["files"]["heatmap"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_keeps_the_point_estimate_and_blocks_average_to_the_full_fisher(tiny, boot):
+    import jax
+
+    from tanas_jax.bank import Bank
+    from tanas_jax.distance.stats import block_slices, resample_mean
+    from tanas_jax.distance.table import FisherStore, fisher_distance_table
+
+    bank = Bank(tiny["bank"])
+    cfg = _tiny_cfg(**{"distance.bootstrap": 0})
+    plain = fisher_distance_table(bank, TASKS, cfg, [0], progress=False, log=lambda *_: None)
+    res = boot["result"]
+    assert plain["mean"] == res["mean"] and plain["per_seed"] == res["per_seed"]      # bitwise
+    assert plain["bootstrap"]["over"] == "1 seed" and plain["cache"]["computed"] == 0
+    store = FisherStore(bank, cfg, progress=False, log=lambda *_: None)
+    full, _ = store.fisher("mnist_digit0", "mnist_10way", 0)        # one fisher_diag call on all 64 examples
+    for blocks in (4, 5):                                           # 64 = 4 x 16, and 13 + 13 + 13 + 13 + 12
+        stack, sizes = store.fisher_blocks("mnist_digit0", "mnist_10way", 0, blocks)
+        assert list(sizes) == [s.stop - s.start for s in block_slices(64, blocks)]
+        mean = jax.tree_util.tree_map(lambda a, n=sizes, j=blocks: resample_mean(a, n, np.arange(j)), stack)
+        for got, want in zip(jax.tree_util.tree_leaves(mean), jax.tree_util.tree_leaves(full)):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6 * float(np.max(want)))
+    assert store.stats["blocks_cached"] == 1 and store.stats["blocks_computed"] == 1   # the run's 4 blocks
+
+
+def test_distance_cli_ranking_prints_the_tables_p_closest(tiny, boot, capsys):
+    from tanas_jax.cli.distance import run
+
+    out = str(tiny["root"] / "boot_rank")
+    assert run(["--target", "mnist_10way", "--bases", "mnist_digit0,mnist_digit6", "--bank", tiny["bank"],
+                "--out", out, *BOOT, *TINY]) == 0
+    assert "P(closest) over 1 seed x 5 resamples" in capsys.readouterr().out
+    res = json.load(open(f"{out}/result.json"))
+    # the same tasks and resamples as the table: the same P(closest) for this target
+    got = {r["base"]: r["p_closest"] for r in res["ranking"]}
+    assert got == pytest.approx(boot["result"]["p_closest"]["mnist_10way"])

@@ -4,6 +4,8 @@ no bar, and the pipeline called as a library leaves its config unchanged."""
 import json
 import os
 
+import pytest
+
 from tanas_jax.cli.tanas import main
 
 TINY = ["--set", "train.epochs=1", "--set", "data.max_train=400", "--set", "data.max_eval=200",
@@ -27,12 +29,18 @@ def test_tanas_end_to_end_and_reuse(tmp_path, capsys):
     res = json.load(open(os.path.join(out, "result.json")))
     assert res["target"] == "mnist_digit6" and len(res["closest"]) == 1
     assert res["closest"][0] == res["distance"]["ranking"][0]
+    # the confidence of the choice: P(closest) over 1 seed x 20 resamples, stated in stdout, JSON and report
+    conf, p = res["confidence"], res["distance"]["p_closest"]
+    assert conf["over"] == "1 seed x 20 resamples" and sum(p.values()) == pytest.approx(1.0)
+    assert conf["p"] == pytest.approx(p[res["closest"][0]]) and (conf["warning"] is None) == (conf["p"] >= 0.5)
+    assert f"closest base: {res['closest'][0]} (P(closest) = {conf['p']:.2f} over 1 seed x 20 resamples)" in first.out
     # the target is now a base task: it has a genotype in the bank
     g = json.load(open(os.path.join(bank, "tasks", "mnist_digit6", "genotype.json")))
     assert g["genotype"] == res["genotype"]
     # report and JSON agree
     report = open(os.path.join(out, "report.md")).read()
     assert f"**{res['closest'][0]}**" in report
+    assert conf["message"] in report and "| base | distance | P(closest) |" in report
     for row in res["table"]:
         assert f"{row['test_acc']:.4f}" in report
     assert os.path.exists(os.path.join(out, "distances.png"))

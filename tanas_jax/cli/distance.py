@@ -4,8 +4,11 @@
     bin/distance --target T --bases offline8          # ranked closest bases
 
 Writes ``DIR/result.json`` (matrices, task names, settings, data source,
-versions), CSV files and a heatmap (mean and std side by side; column =
-target task).
+versions, ``p_closest``), CSV files (mean, std, P(closest)) and a heatmap (mean
+and std side by side; column = target task; each column's closest base boxed
+with its P(closest)).  P(closest) of a base for a target is the fraction of
+(network seed, bootstrap resample of the Fisher examples) pairs in which it is
+the closest; ``--bootstrap 0`` makes it over the seeds only.
 """
 from __future__ import annotations
 
@@ -56,13 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default=None,
                    help="heads of different class counts: zero-pad (authors) or compare backbones only")
     p.add_argument("--top", type=int, default=None, help="with --target: print this many closest bases")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="P(closest): resamples of the Fisher examples per seed, 0 = over seeds only "
+                        "(default: config distance.bootstrap)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     add_fisher_args(p)
     add_common_args(p, seed=False)
     return p
 
 
 FISHER_FLAGS = ("spectrum", "sigma2", "normalization", "reduction", "head", "examples", "estimator", "mc_samples",
-                "fisher_method", "memory_budget", "microbatch", "authors_fisher", "recompute")
+                "fisher_method", "memory_budget", "microbatch", "authors_fisher", "recompute", "bootstrap")
 
 
 def distance_config(cfg, args):
@@ -74,6 +81,12 @@ def distance_config(cfg, args):
         if not 0 < args.sigma2 < float("inf"):
             raise UserError(f"--sigma2 must be positive, got {args.sigma2}; the authors use 1e-10")
         changes["distance.sigma2"] = args.sigma2
+    if args.bootstrap is not None:
+        if args.bootstrap < 0:
+            raise UserError(f"--bootstrap must be >= 0 (0: P(closest) over seeds only), got {args.bootstrap}")
+        changes["distance.bootstrap"] = args.bootstrap
+    if args.bootstrap_seed < 0:
+        raise UserError(f"--bootstrap-seed must be >= 0, got {args.bootstrap_seed}")
     cfg = updated(cfg, changes)
     _check_metric_flags(args, cfg.distance)
     return cfg
@@ -127,26 +140,44 @@ def _what(args, cfg) -> tuple[str | None, list[str] | None]:
     return None, parse_tasks(args.tasks)
 
 
-def _table(bank, tasks, cfg, seeds, progress: bool, recompute: bool) -> dict:
+def _table(bank, tasks, cfg, seeds, progress: bool, recompute: bool, bootstrap_seed: int) -> dict:
     """The K x K table of ``cfg.distance.metric`` over ``tasks``."""
     if cfg.distance.metric == "transform":
+        from tanas_jax.distance.table import add_seed_p_closest
         from tanas_jax.distance.transform import transform_distance_table
 
         result = transform_distance_table(bank, tasks, cfg, seeds=seeds, progress=progress, log=logger.info)
         result.setdefault("settings", {"metric": "transform"})
-        return result
+        return add_seed_p_closest(result)
     from tanas_jax.distance.table import fisher_distance_table
 
     return fisher_distance_table(bank, tasks, cfg, seeds, targets=None, progress=progress, log=logger.info,
-                                 recompute=recompute)
+                                 recompute=recompute, bootstrap_seed=bootstrap_seed)
 
 
-def _print_ranking(ranked, target: str, label: str, n_seeds: int, top: int | None) -> list[dict]:
+def _print_ranking(ranked, target: str, label: str, result: dict, top: int | None) -> list[dict]:
     shown = ranked[:top] if top else ranked
-    print(f"closest base tasks to {target} by {label} distance ({n_seeds} seeds):")
-    print_table([{"rank": i + 1, "base": b, "mean": m, "std": sd} for i, (b, m, sd) in enumerate(shown)],
-                ["rank", "base", "mean", "std"])
-    return [{"base": b, "mean": m, "std": sd} for b, m, sd in ranked]
+    p = result.get("p_closest", {}).get(target, {})
+    over = result.get("bootstrap", {}).get("over", f"{len(result.get('seeds', []))} seeds")
+    print(f"closest base tasks to {target} by {label} distance ({len(result.get('seeds', []))} seeds); "
+          f"P(closest) over {over}:")
+    print_table([{"rank": i + 1, "base": b, "mean": m, "std": sd, "P(closest)": p.get(b)}
+                 for i, (b, m, sd) in enumerate(shown)], ["rank", "base", "mean", "std", "P(closest)"])
+    return [{"base": b, "mean": m, "std": sd, "p_closest": p.get(b)} for b, m, sd in ranked]
+
+
+def _print_p_closest(result: dict) -> None:
+    """Per target: its closest base (by mean distance) and that base's P(closest), and the runner-up."""
+    pc, closest = result.get("p_closest") or {}, result.get("closest") or {}
+    if not pc or not closest:
+        return
+    rows = []
+    for t, b in closest.items():
+        others = sorted(((v, o) for o, v in pc[t].items() if o != b), reverse=True)
+        rows.append({"target": t, "closest": b, "P(closest)": pc[t].get(b, 0.0),
+                     "most often otherwise": f"{others[0][1]} ({others[0][0]:.2f})" if others else ""})
+    print(f"P(closest): fraction of {result.get('bootstrap', {}).get('over', 'seeds')} in which a base is the closest")
+    print_table(rows, ["target", "closest", "P(closest)", "most often otherwise"])
 
 
 def _print_table(result: dict, label: str, n_seeds: int, metric: str) -> None:
@@ -158,6 +189,7 @@ def _print_table(result: dict, label: str, n_seeds: int, metric: str) -> None:
     if "same_dataset_closest" in result:
         sd = result["same_dataset_closest"]
         print(f"closest base from the same dataset for {sd['count']} of {sd['of']} targets")
+    _print_p_closest(result)
     tm = result.get("timing", {})
     cache = result.get("cache", {})
     if metric == "transform" and tm:
@@ -196,14 +228,15 @@ def run(argv) -> int:
     metric = cfg.distance.metric
     if target:
         ranked, result = rank_target(bank, target, cfg, bases=args.bases, metric=metric, seeds=seeds,
-                                     progress=progress, log=logger.info, recompute=args.recompute)
+                                     progress=progress, log=logger.info, recompute=args.recompute,
+                                     bootstrap_seed=args.bootstrap_seed)
     else:
-        result = _table(bank, tasks, cfg, seeds, progress, args.recompute)
+        result = _table(bank, tasks, cfg, seeds, progress, args.recompute, args.bootstrap_seed)
     result["command"] = "distance"
     s = result.get("settings", {})
     label = f"{metric}" + (f" ({s.get('spectrum')})" if metric != "transform" else "")
     if target:
-        result["ranking"] = _print_ranking(ranked, target, label, len(seeds), args.top)
+        result["ranking"] = _print_ranking(ranked, target, label, result, args.top)
     else:
         _print_table(result, label, len(seeds), metric)
     result["config"] = cfg.to_dict()

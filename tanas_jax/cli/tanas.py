@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "the target is held out")
     p.add_argument("--metric", default=None, help=f"task distance: {' | '.join(METRICS)} "
                                                   "(default: config tanas.metric)")
-    p.add_argument("--top-k", type=int, default=None, help="closest bases whose cells form the space (default 1)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="at most this many closest bases form the space: those whose P(closest) >= "
+                        "tanas.material, at least the closest (default 1)")
     p.add_argument("--skip-baselines", action="store_true", help="only the task-aware search (no standard/random)")
     add_common_args(p)
     return p
@@ -74,6 +76,8 @@ def run(argv) -> int:
     paths = result["files"]
     print()
     print(f"TA-NAS on {result['target']}: closest base(s) {', '.join(result['closest'])} by {result['metric']}")
+    conf = result["distance"]["confidence"]
+    print(conf["message"] + (f"\nwarning: {conf['warning']}" if conf["warning"] else ""))
     print_table(result["table"], COLUMNS)
     print(f"\nreused {len(result['reused'])} item(s) from the bank, computed {len(result['computed'])}; "
           f"wall time {result['timings']['total_s']:.0f} s")

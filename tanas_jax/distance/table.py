@@ -21,12 +21,20 @@ import time
 import numpy as np
 
 from tanas_jax.config import section, to_dict, updated
-from tanas_jax.distance.stats import finite_lists, seed_mean_std
+from tanas_jax.distance.stats import (
+    bootstrap_indices,
+    finite_lists,
+    p_closest,
+    replicate_label,
+    resample_mean,
+    seed_mean_std,
+)
 from tanas_jax.errors import UserError
 
 FISHER_KIND = "fisher_diag"
 GRAM_KIND = "fisher_gram_eigs"
 CROSS_KIND = "fisher_cross_gram"
+BLOCKS_KIND = "fisher_diag_blocks"
 FISHER_METRICS = ("logdet", "frechet")
 SETTINGS_FIELDS = ("metric", "spectrum", "sigma2", "normalization", "reduction", "head")
 DATA_RECORD_FIELDS = ("task", "dataset", "source", "split_seed", "val_fraction", "max_train", "max_eval",
@@ -56,7 +64,8 @@ class FisherStore:
         self._nets: dict = {}
         self._data: dict = {}
         self._apply: dict = {}
-        self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0}
+        self.stats = {"computed": 0, "cached": 0, "fisher_seconds": 0.0, "blocks_computed": 0, "blocks_cached": 0,
+                      "degenerate_resamples": 0}
         self._grad_cache: dict = {}
         self._grad_keep = 12   # per-example gradient matrices kept (a target and its bases)
         # compiled Fisher steps and Gram blocks live here (bounded), not in module globals
@@ -189,6 +198,51 @@ class FisherStore:
         self.stats["fisher_seconds"] += dt
         return tree, {"inputs": inputs, "info": info, "examples": int(x.shape[0]), "seconds": dt}
 
+    # -- bootstrap blocks (P(closest))
+    def fisher_blocks(self, net_task: str, data_task: str, seed: int, blocks: int):
+        """``(stack, sizes)``: the diagonal Fisher of each of ``blocks`` near-equal blocks of the ``examples``
+        (every leaf with a leading block axis) and the block sizes; cached in the bank as one artifact.
+
+        The size-weighted mean of the blocks is the Fisher over all the examples (the same examples as
+        :meth:`fisher`); a bootstrap resample draws blocks with replacement (:func:`_bootstrap_column`).
+        """
+        fc = self.fisher_cfg
+        inputs = {"network": self.net_record(net_task, seed), "data": self.data_record(data_task),
+                  "split": fc.split, "examples": fc.examples, "estimator": fc.estimator,
+                  "mc_samples": fc.mc_samples if fc.estimator == "mc" else None, "blocks": int(blocks),
+                  "version": self.key_version(net_task, data_task, seed)}
+        tree, meta, hit = self.bank.cached(net_task, BLOCKS_KIND, inputs,
+                                           lambda: self._fisher_blocks(net_task, data_task, seed, int(blocks), inputs),
+                                           key_prefix=f"{data_task}-s{seed}-", recompute=self.recompute)
+        self.stats["blocks_cached" if hit else "blocks_computed"] += 1
+        return tree, np.asarray(meta["sizes"], dtype=np.int64)
+
+    def _fisher_blocks(self, net_task: str, data_task: str, seed: int, blocks: int, inputs: dict):
+        """One ``fisher_diag`` call per block of examples (MC labels: key ``fold_in(PRNGKey(seed), block)``)."""
+        import jax
+
+        from tanas_jax.distance.stats import block_slices
+        from tanas_jax.fisher import fisher_diag
+
+        fc = self.fisher_cfg
+        variables, apply_fn, _ = self.data_apply(net_task, data_task, seed)   # the label rule, as _fisher_diag
+        x, y, _ = self.data(data_task)
+        t0 = time.perf_counter()
+        parts, sizes = [], []
+        for j, sl in enumerate(block_slices(int(x.shape[0]), blocks)):
+            tree = fisher_diag(apply_fn, variables, x[sl], None if y is None else y[sl], estimator=fc.estimator,
+                               mc_samples=fc.mc_samples, rng=jax.random.fold_in(jax.random.PRNGKey(seed), j),
+                               method=fc.method, microbatch=fc.microbatch,
+                               memory_budget=fc.memory_budget_mb * 2**20, progress=False,
+                               name=f"network {net_task} (seed {seed}) on {data_task} data, block {j}",
+                               engine=self.engine)
+            parts.append(jax.tree_util.tree_map(np.asarray, tree))
+            sizes.append(sl.stop - sl.start)
+        stack = jax.tree_util.tree_map(lambda *a: np.stack(a), *parts)
+        dt = time.perf_counter() - t0
+        self.stats["fisher_seconds"] += dt
+        return stack, {"inputs": inputs, "sizes": sizes, "seconds": dt}
+
     # -- full spectra
     def _grads(self, net_task: str, data_task: str, seed: int):
         """Per-example gradients (M x n, float32) of one network on full_examples of data_task; kept for reuse.
@@ -305,12 +359,17 @@ def _full_distance(store: FisherStore, base: str, target: str, seed: int, dc) ->
 
 
 def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progress: bool = True, log=print,
-                          recompute: bool = False) -> dict:
+                          recompute: bool = False, bootstrap_seed: int = 0, p_targets=None) -> dict:
     """Mean/std over ``seeds`` of d[b, t] for b, t in ``tasks`` (only columns ``targets`` if given).
 
     Returns ``{'tasks', 'targets', 'seeds', 'mean', 'std', 'per_seed', 'settings', 'fisher', 'data',
-    'timing', 'cache'}``; matrices are nested lists (None where not computed).  ``std`` is the
-    sample std over seeds (``ddof=1``), 0.0 with one seed (:func:`~tanas_jax.distance.stats.seed_mean_std`).
+    'timing', 'cache', 'closest', 'p_closest', 'bootstrap'}``; matrices are nested lists (None where not
+    computed).  ``std`` is the sample std over seeds (``ddof=1``), 0.0 with one seed
+    (:func:`~tanas_jax.distance.stats.seed_mean_std`).  ``p_closest[t][b]`` is the fraction of
+    (seed, bootstrap resample) pairs in which base ``b`` is the closest to target ``t``
+    (:func:`_bootstrap_replicates`; ``distance.bootstrap`` resamples seeded by ``bootstrap_seed``), for
+    the columns ``p_targets`` (default: every computed column).  The mean, std and ranking do not depend
+    on the bootstrap.
     """
     from tanas_jax.distance.prepare import check_sigma2
 
@@ -325,7 +384,14 @@ def fisher_distance_table(bank, tasks, cfg, seeds=(0,), *, targets=None, progres
     store = FisherStore(bank, cfg, progress=progress, log=log, recompute=recompute)
     t0 = time.perf_counter()
     per_seed = _per_seed_distances(store, tasks, targets, [int(s) for s in seeds], dc, progress)
-    return _table_result(store, tasks, targets, seeds, per_seed, dc, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    p_targets = targets if p_targets is None else [t for t in targets if t in set(p_targets)]
+    boot = _bootstrap_replicates(store, tasks, p_targets, [int(s) for s in seeds], dc, int(bootstrap_seed), progress)
+    result = _table_result(store, tasks, targets, seeds, per_seed, dc, wall)
+    result["p_closest"] = _p_closest_table(tasks, p_targets, per_seed, boot["replicates"])
+    result["bootstrap"] = {k: v for k, v in boot.items() if k != "replicates"}
+    result["timing"]["bootstrap_s"] = boot["seconds"]
+    return result
 
 
 def _per_seed_distances(store: FisherStore, tasks: list, targets: list, seeds: list, dc, progress: bool):
@@ -343,6 +409,99 @@ def _per_seed_distances(store: FisherStore, tasks: list, targets: list, seeds: l
     for si, b, t in bar:
         per_seed[si, tasks.index(b), tasks.index(t)] = pair_distance(store, b, t, seeds[si], dc)
     return per_seed
+
+
+def _bootstrap_plan(store: FisherStore, dc) -> tuple[int, int, str | None]:
+    """``(resamples, blocks, note)``: resamples per seed (0, with the reason, when P(closest) is over seeds
+    only) and blocks of examples (at most one block per example)."""
+    if dc.bootstrap == 0:
+        return 0, 0, "distance.bootstrap = 0"
+    if dc.spectrum != "diag":
+        return 0, 0, "full spectra: P(closest) is over the network seeds only"
+    if store.authors_fisher:
+        return 0, 0, "authors' Fisher variant: its blocks do not average to the full Fisher"
+    blocks = min(int(dc.bootstrap_blocks), int(store.fisher_cfg.examples))
+    note = None if blocks == dc.bootstrap_blocks else f"{blocks} blocks: one per Fisher example"
+    return int(dc.bootstrap), blocks, note
+
+
+def _bootstrap_replicates(store: FisherStore, tasks, targets, seeds, dc, seed: int, progress: bool) -> dict:
+    """Distances d[b, t] per (ε-net seed, bootstrap resample): ``replicates[t]`` is ``(S*B, K)`` (NaN at the
+    target itself), or None when the bootstrap is off (P(closest) is then over seeds only).
+
+    A resample draws ``distance.bootstrap_blocks`` blocks of examples with replacement
+    (:func:`~tanas_jax.distance.stats.bootstrap_indices`, stream = the network seed) and averages
+    their cached block Fishers; the base's and the target's Fisher of one pair use the same draw,
+    because both are taken on the same examples of the target's data.  A resample whose Fisher is
+    zero everywhere (every drawn example gives a zero gradient) has no distance: NaN, so that base is
+    not the closest in that replicate; ``degenerate`` counts them.
+    """
+    t0 = time.perf_counter()
+    resamples, blocks, note = _bootstrap_plan(store, dc)
+    info = {"resamples": resamples, "blocks": blocks or None, "seed": seed, "replicates": None, "over": "",
+            "note": note}
+    if resamples and len(tasks) > 1:
+        from tqdm.auto import tqdm
+
+        reps = {t: [] for t in targets}
+        for s in seeds:
+            idx = bootstrap_indices(seed, s, resamples, blocks)
+            for t in tqdm(targets, desc=f"P(closest), seed {s}", disable=not progress, unit="target"):
+                reps[t].append(_bootstrap_column(store, tasks, t, s, dc, idx))
+        info["replicates"] = {t: np.concatenate(v) for t, v in reps.items()}
+    info.update({"computed": store.stats["blocks_computed"], "reused": store.stats["blocks_cached"],
+                 "degenerate": store.stats["degenerate_resamples"], "seconds": time.perf_counter() - t0})
+    info["over"] = replicate_label(len(seeds), resamples)
+    return info
+
+
+def _bootstrap_column(store: FisherStore, tasks, target: str, seed: int, dc, idx) -> np.ndarray:
+    """``(B, K)``: d[b, target] of every base b for each resample (row of ``idx``); NaN at the target."""
+    import jax
+
+    def resample(stack, sizes, ix):
+        return jax.tree_util.tree_map(lambda a: resample_mean(a, sizes, ix).astype(a.dtype), stack)
+
+    blocks = idx.shape[1]
+    ft, sizes = store.fisher_blocks(target, target, seed, blocks)
+    out = np.full((len(idx), len(tasks)), np.nan)
+    for i, b in enumerate(tasks):
+        if b == target:
+            continue
+        fb, _ = store.fisher_blocks(b, target, seed, blocks)
+        names = (f"{b} net on {target} data (resample)", f"{target} net on {target} data (resample)")
+        for r, ix in enumerate(idx):
+            try:
+                out[r, i] = _tree_distance(resample(fb, sizes, ix), resample(ft, sizes, ix), dc, names)
+            except UserError:   # a resample whose drawn blocks give a zero Fisher: no distance (NaN)
+                store.stats["degenerate_resamples"] += 1
+    return out
+
+
+def _tree_distance(fb, ft, dc, names) -> float:
+    """The diagonal metric of ``dc`` between two Fisher trees (as :func:`_diag_distance` on given trees)."""
+    from tanas_jax.distance import frechet, logdet
+
+    if dc.metric == "logdet":
+        return logdet.logdet_distance_diag(fb, ft, sigma2=dc.sigma2, normalization=dc.normalization,
+                                           reduction=dc.reduction, head=dc.head, names=names)
+    return frechet.frechet_distance_diag(fb, ft, normalization=dc.normalization,
+                                         reduction=dc.reduction, head=dc.head, names=names)
+
+
+def _p_closest_table(tasks, targets, per_seed, replicates) -> dict:
+    """``{target: {base: P(closest)}}`` from the bootstrap replicates, else from the per-seed distances."""
+    out = {}
+    if len(tasks) < 2:
+        return out
+    for t in targets:
+        j = tasks.index(t)
+        reps = replicates[t] if replicates else np.array(per_seed)[:, :, j].copy()
+        reps[:, j] = np.nan
+        p = p_closest(reps)
+        done = np.isfinite(np.asarray(per_seed)[:, :, j]).any(axis=0)
+        out[t] = {b: float(p[i]) for i, b in enumerate(tasks) if b != t and done[i]}
+    return out
 
 
 def _table_result(store: FisherStore, tasks, targets, seeds, per_seed, dc, wall: float) -> dict:
@@ -396,6 +555,22 @@ def write_csv(path: str, result: dict, which: str = "mean") -> str:
     return path
 
 
+def write_p_closest_csv(path: str, result: dict) -> str:
+    """P(closest) as CSV in the matrix layout: header ``base\\target,t1,...``, one row per base; a cell is
+    the fraction of (seed, resample) pairs in which that base is the closest to that target (blank: the
+    target itself or not computed)."""
+    from tanas_jax.io import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    tasks, pc = result["tasks"], result.get("p_closest", {})
+    w.writerow(["base\\target"] + tasks)
+    for b in tasks:
+        w.writerow([b] + [("" if pc.get(t, {}).get(b) is None else f"{pc[t][b]:.6g}") for t in tasks])
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
 def plot_heatmap(path: str, result: dict, title: str | None = None) -> str:
     """Mean and std side by side (LD-NAS Figure 1); column = target task."""
     import matplotlib
@@ -409,6 +584,7 @@ def plot_heatmap(path: str, result: dict, title: str | None = None) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(2 * max(4.0, 0.9 * k + 2), max(3.5, 0.7 * k + 1.5)), dpi=120)
     for ax, which in zip(axes, ("mean", "std")):
         _heatmap_panel(fig, ax, result, which)
+    _mark_p_closest(axes[0], result)
     s = result.get("settings", {})
     fig.suptitle(title or f"{s.get('metric')} ({s.get('spectrum')}) distance, {result.get('net')}, "
                  f"{len(result.get('seeds', []))} seeds")
@@ -434,12 +610,42 @@ def _heatmap_panel(fig, ax, result: dict, which: str) -> None:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
 
+def _mark_p_closest(ax, result: dict) -> None:
+    """In each target column: a red box on the closest base (by mean) and its P(closest) above the column."""
+    from matplotlib.patches import Rectangle
+
+    tasks, pc = result["tasks"], result.get("p_closest") or {}
+    for t, b in (result.get("closest") or {}).items():
+        p = pc.get(t, {}).get(b)
+        i, j = tasks.index(b), tasks.index(t)
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
+        if p is not None:
+            ax.text(j, -0.75, f"{p:.2f}", ha="center", va="bottom", fontsize=6, color="red")
+    if pc:
+        over = (result.get("bootstrap") or {}).get("over", "")
+        ax.set_title(f"mean; red: closest base, P(closest) over {over} above" if over else "mean",
+                     fontsize=8, pad=12)
+
+
 def write_outputs(out_dir: str, result: dict, stem: str) -> dict:
-    """CSV (mean, std) and heatmap PNG next to result.json; returns their paths."""
+    """CSV (mean, std, P(closest) when the table has it) and heatmap PNG next to result.json; their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    return {"csv_mean": write_csv(os.path.join(out_dir, f"{stem}_mean.csv"), result, "mean"),
-            "csv_std": write_csv(os.path.join(out_dir, f"{stem}_std.csv"), result, "std"),
-            "heatmap": plot_heatmap(os.path.join(out_dir, f"{stem}_heatmap.png"), result)}
+    files = {"csv_mean": write_csv(os.path.join(out_dir, f"{stem}_mean.csv"), result, "mean"),
+             "csv_std": write_csv(os.path.join(out_dir, f"{stem}_std.csv"), result, "std")}
+    if result.get("p_closest"):
+        files["csv_p_closest"] = write_p_closest_csv(os.path.join(out_dir, f"{stem}_p_closest.csv"), result)
+    files["heatmap"] = plot_heatmap(os.path.join(out_dir, f"{stem}_heatmap.png"), result)
+    return files
+
+
+def add_seed_p_closest(table: dict) -> dict:
+    """Give a table without a bootstrap (the transform distance) P(closest) over its network seeds, in place."""
+    if "p_closest" not in table and table.get("per_seed") is not None:
+        per_seed = np.array([[[np.nan if v is None else v for v in row] for row in m] for m in table["per_seed"]])
+        table["p_closest"] = _p_closest_table(table["tasks"], table.get("targets", table["tasks"]), per_seed, None)
+        table["bootstrap"] = {"resamples": 0, "blocks": None, "over": replicate_label(len(table["seeds"]), 0),
+                              "note": "transform distance: P(closest) is over the network seeds only"}
+    return table
 
 
 def _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute) -> dict:
@@ -452,10 +658,13 @@ def _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute)
 
 
 def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None, seeds=None,
-                progress: bool = False, log=print, recompute: bool = False) -> tuple[list, dict]:
+                progress: bool = False, log=print, recompute: bool = False,
+                bootstrap_seed: int = 0) -> tuple[list, dict]:
     """``(ranked, table)``: bases sorted by distance to ``target`` (closest first) and the table used.
 
     ``ranked`` is a list of ``(base, mean, std)`` over ``seeds``; see :func:`closest_bases`.
+    ``table['p_closest'][target]`` gives each base's P(closest) (seeds x bootstrap resamples of the
+    Fisher examples; seeds only for full spectra and the transform distance).
     ``cfg`` is never changed (a different ``metric`` is applied to a copy).  Only the target's data is
     loaded: every Fisher (or transform) is taken on it, so a base needs only its banked network and a
     bank carried without the bases' data (``bin/bank export`` / ``import``) still ranks.
@@ -473,11 +682,12 @@ def rank_target(bank, target: str, cfg, *, bases=None, metric: str | None = None
         raise UserError("no seeds given; pass at least one network seed")
     if metric == "transform":
         table = _transform_column(bank, bases, target, cfg, seeds, progress, log, recompute)
+        add_seed_p_closest(table)
     elif metric in FISHER_METRICS:
         if configured != metric:
             cfg = updated(cfg, {"distance.metric": metric})
         table = fisher_distance_table(bank, bases + [target], cfg, seeds, targets=[target], progress=progress,
-                                      log=log, recompute=recompute)
+                                      log=log, recompute=recompute, bootstrap_seed=bootstrap_seed)
     else:
         raise UserError(f"unknown metric '{metric}': valid: logdet, frechet, transform")
     return rank_bases(table, target), table
