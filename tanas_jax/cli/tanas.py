@@ -28,7 +28,7 @@ from tanas_jax.cli.common import (
     run_as_script,
     updated,
 )
-from tanas_jax.config import METRICS
+from tanas_jax.config import FUSE_WINNERS, METRICS
 from tanas_jax.errors import UserError
 
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many closest bases form the space: those whose P(closest) >= "
                         "tanas.material, at least the closest (default 1)")
     p.add_argument("--skip-baselines", action="store_true", help="only the task-aware search (no standard/random)")
+    p.add_argument("--winner", default=None, choices=FUSE_WINNERS,
+                   help="how a FUSE round picks its winner: alpha (the paper: largest α) | val (best own "
+                        "validation accuracy) (default: config fuse.winner)")
     add_common_args(p)
     return p
 
@@ -55,7 +58,8 @@ def pipeline_config(args):
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     cfg = updated(config_from_args(args), {"tanas.target": args.target, "tanas.bases": args.bases,
-                                           "tanas.metric": metric, "tanas.top_k": args.top_k})
+                                           "tanas.metric": metric, "tanas.top_k": args.top_k,
+                                           "fuse.winner": args.winner})
     target = parse_task(cfg.tanas.target)
     if not [b for b in parse_tasks(cfg.tanas.bases) if b != target]:
         raise UserError(f"no base tasks left once the target {target} is held out; give other --bases")
