@@ -104,9 +104,13 @@ def gradients(store, net_task, data_task, seed):
     from tanas_jax.fisher import per_example_gradients
 
     fc = store.fisher_cfg
-    variables, meta = store.network(net_task, seed)
+    if hasattr(store, "data_apply"):     # the label rule of branch labels: the same apply as the tables
+        variables, apply, _ = store.data_apply(net_task, data_task, seed)
+    else:
+        variables, meta = store.network(net_task, seed)
+        apply = store.apply_fn(int(meta["num_classes"]))
     x, y, _ = store.data(data_task, full=True)
-    return per_example_gradients(store.apply_fn(int(meta["num_classes"])), variables, x, y,
+    return per_example_gradients(apply, variables, x, y,
                                  estimator=fc.estimator, rng=jax.random.PRNGKey(seed), microbatch=fc.microbatch,
                                  memory_budget=fc.memory_budget_mb * 2**20, engine=store.engine)
 
@@ -144,7 +148,8 @@ def full_tensors(store, tasks, seeds, dc, work: str, init, frechet: bool, log) -
     if frechet:
         out["frechet"] = np.zeros((K, K, S, S))
     for j, t in enumerate(tasks):
-        path = os.path.join(work, f"full-init{init}-{t}-s{'_'.join(map(str, seeds))}-f{int(frechet)}.npz")
+        rule = "padlogits" if hasattr(store, "data_apply") else "v1"
+        path = os.path.join(work, f"full-{rule}-init{init}-{t}-s{'_'.join(map(str, seeds))}-f{int(frechet)}.npz")
         if os.path.exists(path):
             part = dict(np.load(path))
         else:
