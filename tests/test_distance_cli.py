@@ -222,7 +222,7 @@ def test_full_spectrum_tables_on_the_tiny_bank(tiny):
     from tanas_jax.bank import Bank
     from tanas_jax.distance import frechet_distance_full, logdet_distance_full, nuclear_norm
     from tanas_jax.distance.table import FisherStore, fisher_distance_table
-    from tanas_jax.fisher import cross_gram, gram_eigenvalues, gram_matrix
+    from tanas_jax.fisher import cross_gram, gram_eigenvalues, gram_matrix, pad_logits
 
     bank = Bank(tiny["bank"])
     pair = ["mnist_digit0", "mnist_10way"]
@@ -238,7 +238,7 @@ def test_full_spectrum_tables_on_the_tiny_bank(tiny):
     store = FisherStore(bank, cfg, progress=False)
     (vb, _), (vt, _) = store.network("mnist_digit0", 0), store.network("mnist_10way", 0)
     x, y, _ = store.data("mnist_10way", full=True)
-    ab, at = models.make_apply("small_cnn", 2), models.make_apply("small_cnn", 10)
+    ab, at = pad_logits(models.make_apply("small_cnn", 2), 10), models.make_apply("small_cnn", 10)  # label rule
     kw = dict(rng=jax.random.PRNGKey(0))
     Kb, nb = gram_matrix(ab, vb, x, y, **kw)
     Kt, nt = gram_matrix(at, vt, x, y, **kw)
@@ -252,7 +252,9 @@ def test_full_spectrum_tables_on_the_tiny_bank(tiny):
 def test_fisher_cache_keys_are_stable(tiny, tmp_path):
     """Entries banked under the key scheme of every release so far are found: sentinels stored under
     hand-built keys (``<data task>-s<seed>-<20 hex>``, ``<base>-s<seed>-<20 hex>`` for the cross-Gram)
-    are what the store returns, without computing anything."""
+    are what the store returns, without computing anything.  The label rule (docs/labels.md) changed the
+    numbers of a base with fewer classes than the data (K > C) only: those keys carry ``version`` 2, so an
+    entry of the old rule (version 1) is not reused; pairs with K <= C keep version 1."""
     if "table" not in tiny:
         pytest.skip("needs the table test's bank")
     import hashlib
@@ -271,25 +273,36 @@ def test_fisher_cache_keys_are_stable(tiny, tmp_path):
         meta = json.load(open(bank.network_path(t, "small_cnn", 0).replace(".safetensors", ".json")))
         return {"task": t, "net": "small_cnn", "seed": 0, "sha256": meta["sha256"], "num_classes": meta["num_classes"]}
 
-    rec = store.data("mnist_10way")[2].record()
-    data = {k: rec.get(k) for k in ("task", "dataset", "source", "split_seed", "val_fraction", "max_train",
-                                    "max_eval", "normalization")}
+    def data(t):
+        rec = store.data(t)[2].record()
+        return {k: rec.get(k) for k in ("task", "dataset", "source", "split_seed", "val_fraction", "max_train",
+                                        "max_eval", "normalization")}
 
     def key(prefix, inputs):
         return prefix + hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    common = {"data": data, "split": "train", "estimator": "empirical", "version": 1}
-    fisher_in = {**common, "network": net("mnist_digit0"), "examples": 64, "mc_samples": None, "authors_fisher": False}
-    bank.save_artifact("mnist_digit0", "fisher_diag", key("mnist_10way-s0-", fisher_in), {"x": np.full(3, 7.0)}, {})
-    gram_in = {**common, "network": net("mnist_digit0"), "examples": 32, "head": "pad"}
-    bank.save_artifact("mnist_digit0", "fisher_gram_eigs", key("mnist_10way-s0-", gram_in),
-                       {"eigs": np.array([3.0, 1.0])}, {"n": 5})
-    cross_in = {**common, "base": net("mnist_digit0"), "target": net("mnist_10way"), "examples": 32, "head": "pad"}
-    bank.save_artifact("mnist_10way", "fisher_cross_gram", key("mnist_digit0-s0-", cross_in),   # shape (1,):
-                       {"tr_b": np.array([1.5]), "tr_t": np.array([2.5]), "nuclear": np.array([0.5])}, {})  # old banks
-    tree, _ = store.fisher("mnist_digit0", "mnist_10way", 0)
-    np.testing.assert_array_equal(tree["x"], np.full(3, 7.0))
-    eigs, n = store.gram_eigs("mnist_digit0", "mnist_10way", 0, "pad")
-    assert eigs.tolist() == [3.0, 1.0] and n == 5
-    assert store.cross("mnist_digit0", "mnist_10way", 0, "pad") == (1.5, 2.5, 0.5)
-    assert store.stats["cached"] == 3 and store.stats["computed"] == 0
+    def bank_sentinels(base, target, version, v):
+        """Fisher and Gram of ``base``'s net on ``target``'s data, and their cross-Gram, all holding ``v``."""
+        common = {"data": data(target), "split": "train", "estimator": "empirical", "version": version}
+        fisher_in = {**common, "network": net(base), "examples": 64, "mc_samples": None, "authors_fisher": False}
+        bank.save_artifact(base, "fisher_diag", key(f"{target}-s0-", fisher_in), {"x": np.full(3, v)}, {})
+        gram_in = {**common, "network": net(base), "examples": 32, "head": "pad"}
+        bank.save_artifact(base, "fisher_gram_eigs", key(f"{target}-s0-", gram_in), {"eigs": np.array([v, 1.0])},
+                           {"n": 5})
+        cross_in = {**common, "base": net(base), "target": net(target), "examples": 32, "head": "pad"}
+        bank.save_artifact(target, "fisher_cross_gram", key(f"{base}-s0-", cross_in),   # shape (1,): old banks
+                           {"tr_b": np.array([v]), "tr_t": np.array([2.5]), "nuclear": np.array([0.5])}, {})
+
+    def assert_found(base, target, v):
+        tree, _ = store.fisher(base, target, 0)
+        np.testing.assert_array_equal(tree["x"], np.full(3, v))
+        eigs, n = store.gram_eigs(base, target, 0, "pad")
+        assert eigs.tolist() == [v, 1.0] and n == 5
+        assert store.cross(base, target, 0, "pad") == (v, 2.5, 0.5)
+
+    bank_sentinels("mnist_10way", "mnist_digit0", 1, 7.0)     # K = 2 <= C = 10: no padding, version 1
+    assert_found("mnist_10way", "mnist_digit0", 7.0)
+    bank_sentinels("mnist_digit0", "mnist_10way", 1, 3.0)     # K = 10 > C = 2: the old rule's entries...
+    bank_sentinels("mnist_digit0", "mnist_10way", 2, 9.0)     # ...are not what the padded rule finds
+    assert_found("mnist_digit0", "mnist_10way", 9.0)
+    assert store.stats["cached"] == 6 and store.stats["computed"] == 0

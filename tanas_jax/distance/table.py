@@ -2,7 +2,9 @@
 
 ``d[b, t]`` (row b = base, column t = target, as LD-NAS Figure 1) compares
 the Fisher of base network b on target data t with the Fisher of target
-network t on the same data.  Every Fisher (and full-spectrum quantity) is
+network t on the same data.  A base with C outputs on target data with K > C
+classes is evaluated with K - C zero logits appended (the label rule,
+``docs/labels.md``; :meth:`FisherStore.apply_fn`), on every Fisher path.  Every Fisher (and full-spectrum quantity) is
 cached in the bank (:meth:`~tanas_jax.bank.Bank.cached`) under a key hashing
 all its inputs (task, net, seed, network checksum, data task, examples,
 estimator, data settings...), so it is recomputed only when an input changes.
@@ -114,12 +116,34 @@ class FisherStore:
                                 f"does not fit net {self.net}: layer {name} has shape {got.get(name)}, expected "
                                 f"{exp.get(name)}; retrain it (bin/train --task {task} --retrain) or use its --net")
 
-    def apply_fn(self, num_classes: int):
-        if num_classes not in self._apply:
-            from tanas_jax import models
+    def apply_fn(self, num_classes: int, target_classes: int | None = None):
+        """Eval-mode ``apply`` of a ``num_classes``-output net, evaluated on data with ``target_classes`` classes.
 
-            self._apply[num_classes] = models.make_apply(self.net, num_classes)
-        return self._apply[num_classes]
+        The label rule (docs/labels.md): when ``target_classes`` > ``num_classes`` the logits are padded
+        with ``target_classes - num_classes`` zeros (:func:`tanas_jax.fisher.pad_logits`), so every example
+        counts; otherwise the net's own logits.  One function per pair of widths, so the engine's compiled
+        steps are reused.
+        """
+        width = max(int(num_classes), int(target_classes or 0))
+        key = (int(num_classes), width)
+        if key not in self._apply:
+            from tanas_jax import models
+            from tanas_jax.fisher import pad_logits
+
+            apply = models.make_apply(self.net, int(num_classes))
+            self._apply[key] = apply if width == int(num_classes) else pad_logits(apply, width)
+        return self._apply[key]
+
+    def data_apply(self, net_task: str, data_task: str, seed: int):
+        """``(variables, apply, padded)``: ``net_task``'s network (``seed``) set up for ``data_task``'s labels."""
+        variables, meta = self.network(net_task, seed)
+        nc, k = int(meta["num_classes"]), int(self.data(data_task)[2].num_classes)
+        return variables, self.apply_fn(nc, k), k > nc
+
+    def key_version(self, net_task: str, data_task: str, seed: int) -> int:
+        """The ``version`` in a cache key: 2 where the zero-padding label rule applies (K > C; those numbers
+        changed with it, so older artifacts are recomputed), 1 where it does not (the same numbers as before)."""
+        return 2 if self.data_apply(net_task, data_task, seed)[2] else 1
 
     def data(self, task: str, full: bool = False):
         """``(x, y, task_data)``: the first ``examples`` (``full_examples`` when ``full``) of the split."""
@@ -155,7 +179,7 @@ class FisherStore:
         inputs = {"network": self.net_record(net_task, seed), "data": self.data_record(data_task),
                   "split": fc.split, "examples": fc.examples, "estimator": fc.estimator,
                   "mc_samples": fc.mc_samples if fc.estimator == "mc" else None,
-                  "authors_fisher": self.authors_fisher, "version": 1}
+                  "authors_fisher": self.authors_fisher, "version": self.key_version(net_task, data_task, seed)}
         tree, meta, hit = self.bank.cached(net_task, FISHER_KIND, inputs,
                                            lambda: self._fisher_diag(net_task, data_task, seed, inputs),
                                            key_prefix=f"{data_task}-s{seed}-", recompute=self.recompute)
@@ -169,9 +193,8 @@ class FisherStore:
         from tanas_jax.fisher import fisher_diag
 
         fc = self.fisher_cfg
-        variables, meta = self.network(net_task, seed)
+        variables, apply, _ = self.data_apply(net_task, data_task, seed)
         x, y, _ = self.data(data_task)
-        apply = self.apply_fn(int(meta["num_classes"]))
         t0 = time.perf_counter()
         tree, info = fisher_diag(apply, variables, x, y, estimator=fc.estimator, mc_samples=fc.mc_samples,
                                  rng=jax.random.PRNGKey(seed), method=fc.method,
@@ -207,13 +230,13 @@ class FisherStore:
         from tanas_jax.fisher import per_example_gradients
 
         fc = self.fisher_cfg
-        variables, meta = self.network(net_task, seed)
+        variables, apply, _ = self.data_apply(net_task, data_task, seed)
         x, y, _ = self.data(data_task, full=True)
-        apply = self.apply_fn(int(meta["num_classes"]))
         t0 = time.perf_counter()
         g = per_example_gradients(apply, variables, x, y, estimator=fc.estimator,
                                   rng=jax.random.PRNGKey(seed), microbatch=fc.microbatch,
-                                  memory_budget=fc.memory_budget_mb * 2**20, engine=self.engine)
+                                  memory_budget=fc.memory_budget_mb * 2**20, engine=self.engine,
+                                  name=f"network {net_task} (seed {seed}) on {data_task} data")
         self.stats["fisher_seconds"] += time.perf_counter() - t0
         return g
 
@@ -224,7 +247,7 @@ class FisherStore:
         fc = self.fisher_cfg
         inputs = {"network": self.net_record(net_task, seed), "data": self.data_record(data_task),
                   "split": fc.split, "examples": fc.full_examples, "estimator": fc.estimator,
-                  "head": head, "version": 1}
+                  "head": head, "version": self.key_version(net_task, data_task, seed)}
 
         def compute():
             K, n = gram_from_gradients(self._grads(net_task, data_task, seed), head=head)
@@ -243,7 +266,7 @@ class FisherStore:
         fc = self.fisher_cfg
         inputs = {"base": self.net_record(base, seed), "target": self.net_record(target, seed),
                   "data": self.data_record(target), "split": fc.split, "examples": fc.full_examples,
-                  "estimator": fc.estimator, "head": head, "version": 1}
+                  "estimator": fc.estimator, "head": head, "version": self.key_version(base, target, seed)}
 
         def compute():
             C = cross_from_gradients(self._grads(base, target, seed), self._grads(target, target, seed), head=head)

@@ -7,7 +7,10 @@ one backward pass; dense layers by Goodfellow's identity, convolutions by patche
 gradient) with the ``vmap(grad)`` reference path, microbatching under a memory budget, sharding of
 the example axis over devices, and the compiled steps it caches for its caller.  It knows no concrete
 model: every function takes ``apply(variables, x) -> logits`` and pytrees, and the layer types it
-recognises come from the shared layer module (``tanas_jax.layers``).  It imports only the foundation
+recognises come from the shared layer module (``tanas_jax.layers``).  One label rule holds on every
+path: labels must lie in ``[0, C)`` for the network's C logits (a UserError otherwise, never a clamp or
+a dropped example); a network evaluated on data with K > C classes is wrapped in
+:func:`~tanas_jax.fisher.core.pad_logits` (K - C zero logits, see ``docs/labels.md``).  It imports only the foundation
 modules -- never ``models``, ``data``, ``tasks``, ``train``, ``bank``, ``distance``, ``search`` or
 ``cli``.
 
@@ -26,9 +29,12 @@ from tanas_jax.fisher.core import (  # noqa: F401
     FisherCaches,
     LRUCache,
     check_finite,
+    check_labels,
     choose_microbatch,
     leaf_names,
     make_mesh,
+    output_width,
+    pad_logits,
     per_example_grads,
     split_variables,
 )

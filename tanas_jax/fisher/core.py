@@ -65,6 +65,51 @@ def check_finite(tree, name: str | None = None):
 
 
 # ----------------------------------------------------------------------------
+# the label rule: labels must lie in [0, outputs); a C-output network is evaluated
+# on K > C classes with K - C zero logits appended (see docs/labels.md)
+
+def pad_logits(apply: Callable, width: int) -> Callable:
+    """``apply`` whose logits are padded with zeros up to ``width`` classes (log-softmax over ``width``).
+
+    A network with C outputs evaluated on data whose labels go up to K - 1 > C - 1: the K - C padded
+    classes get logit 0 (the base puts no evidence on classes it never saw), so every example counts and
+    no label is clamped or dropped.  The padding is a constant, so the gradient w.r.t. the network's
+    parameters has the network's own tree.  ``width`` <= C returns the logits unchanged.
+    """
+    width = int(width)
+
+    def padded(variables, x):
+        logits = apply(variables, x)
+        extra = width - logits.shape[-1]
+        if extra <= 0:
+            return logits
+        return jnp.concatenate([logits, jnp.zeros(logits.shape[:-1] + (extra,), logits.dtype)], axis=-1)
+
+    return padded
+
+
+def output_width(apply: Callable, variables, x) -> int:
+    """Number of logits ``apply`` gives per example (traced abstractly with ``jax.eval_shape``)."""
+    spec = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), jnp.float32)
+    return int(jax.eval_shape(lambda xx: apply(variables, xx), spec).shape[-1])
+
+
+def check_labels(y, width: int, name: str | None = None) -> None:
+    """UserError unless every label (numpy, on the host) lies in ``[0, width)``: nothing is clamped or dropped."""
+    y = np.asarray(y)
+    if y.size == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo >= 0 and hi < width:
+        return
+    who = f" of {name}" if name else ""
+    bad = hi if hi >= width else lo
+    raise UserError(f"label {bad} is outside the network's {width} outputs{who}: labels must lie in [0, {width}); "
+                    "to evaluate a network on data with more classes, pad its logits to the data's class count "
+                    "(tanas_jax.fisher.pad_logits(apply, num_classes)), else pass data of the network's own task")
+
+
+# ----------------------------------------------------------------------------
 # labels and per-example gradients
 
 def example_keys(rng, idx):

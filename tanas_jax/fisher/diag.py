@@ -47,9 +47,11 @@ from tanas_jax.fisher.core import (
     METHODS,
     FisherCaches,
     check_finite,
+    check_labels,
     choose_microbatch,
     join_variables,
     labels_and_weights,
+    output_width,
     split_variables,
 )
 from tanas_jax.fisher.fast import Plan, fast_step, layer_sizes, make_plan
@@ -346,7 +348,9 @@ def fisher_diag(apply: Callable, variables, x, y=None, *, estimator: str = "empi
       apply: ``apply(variables, x) -> logits`` (B, C), eval mode.
       variables: ``{'params': ..., <other collections held fixed>}``.
       x: inputs (M, ...), numpy or jax; y: int labels (M,) (needed for
-        ``empirical`` and ``authors``).
+        ``empirical`` and ``authors``), each in ``[0, C)`` for the C logits
+        of ``apply`` (else a UserError; wrap ``apply`` in
+        :func:`~tanas_jax.fisher.core.pad_logits` for data with more classes).
       estimator: ``'empirical'`` (data labels, LD-NAS eq. (6)), ``'mc'``
         (``mc_samples`` labels per example drawn from the model; key per
         example ``fold_in(rng, i)``, so results do not depend on the
@@ -368,7 +372,10 @@ def fisher_diag(apply: Callable, variables, x, y=None, *, estimator: str = "empi
       with ``return_info`` also a dict (method, microbatch, seconds, ...).
     """
     caches = FisherCaches() if engine is None else engine
+    labels_given = y is not None
     x, y = _validate(x, y, estimator, method, mc_samples, authors, name)
+    if labels_given:  # the label rule: nothing clamped (vmap) or dropped (fast); pad_logits for K > C
+        check_labels(y, output_width(apply, variables, x), name)
     params, rest = split_variables(variables)
     used, plan = _choose_method(apply, variables, x, method, authors, name)
     job = _Job(apply, params, rest, x, y, estimator, mc_samples, jax.random.PRNGKey(0) if rng is None else rng,

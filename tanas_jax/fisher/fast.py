@@ -291,7 +291,8 @@ def _perturbed_grads(apply, variables, xr, labels, plan: Plan):
         with nn.intercept_methods(interceptor):
             logits = apply(variables, xr)
         logp = jax.nn.log_softmax(logits, axis=-1)
-        # SUM over examples: d/d pert_i is example i's own output gradient
+        # SUM over examples: d/d pert_i is example i's own output gradient.  Labels lie in [0, C)
+        # (fisher_diag checks them on the host): out of range, take_along_axis would drop the example
         return jnp.take_along_axis(logp, labels[:, None], axis=-1).sum(), captured
 
     return jax.grad(total_logp, has_aux=True)(perturb)

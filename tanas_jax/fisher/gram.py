@@ -28,9 +28,11 @@ from tanas_jax.fisher.core import (
     DEFAULT_MEMORY_BUDGET,
     FisherCaches,
     check_finite,
+    check_labels,
     choose_microbatch,
     example_keys,
     leaf_names,
+    output_width,
     per_example_grads,
     split_variables,
 )
@@ -107,7 +109,8 @@ class _Blocks:
         return g
 
 
-def _prep(x, y, estimator):
+def _prep(x, y, estimator, apply=None, variables=None, name: str | None = None):
+    """``(x, y int32)`` checked; given labels must lie in ``[0, C)`` for ``apply``'s C logits (the label rule)."""
     x = np.asarray(x)
     if x.shape[0] == 0:
         raise UserError("no examples for the Gram matrix: the data set is empty; check --examples")
@@ -116,7 +119,9 @@ def _prep(x, y, estimator):
     if y is None:
         if estimator == "empirical":
             raise UserError("the empirical Fisher needs labels y")
-        y = np.zeros((x.shape[0],), np.int32)
+        return x, np.zeros((x.shape[0],), np.int32)
+    if apply is not None:  # nothing clamped: log_softmax(logits)[y] would clamp y to C - 1
+        check_labels(y, output_width(apply, variables, x), name)
     return x, np.asarray(y, np.int32)
 
 
@@ -129,15 +134,16 @@ def _scales(selection, leaf_scale):
 def gram_matrix(apply: Callable, variables, x, y=None, *, estimator: str = "empirical", rng=None,
                 microbatch: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                 head: str = "all", leaf_scale: dict | None = None, progress: bool = False,
-                engine: FisherCaches | None = None) -> tuple[np.ndarray, int]:
+                engine: FisherCaches | None = None, name: str | None = None) -> tuple[np.ndarray, int]:
     """``(G G^T / M, n)``: the M x M Gram of per-example gradients (accumulated in float64) and n.
 
     ``head='backbone'`` leaves the head out; ``leaf_scale`` ({leaf name:
     factor}) multiplies each layer's gradients (``layer`` normalisation).
     ``engine``: a ``FisherEngine`` whose compiled block functions are reused
-    (default a short-lived one).
+    (default a short-lived one).  Labels must lie in ``[0, C)`` for the C logits of ``apply``
+    (:func:`~tanas_jax.fisher.core.pad_logits` for data with more classes); ``name`` is used in errors.
     """
-    x, y = _prep(x, y, estimator)
+    x, y = _prep(x, y, estimator, apply, variables, name)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     params, _ = split_variables(variables)
     sel = _selection(params, head)
@@ -182,17 +188,20 @@ def _head_crop(names_b, shapes_b, names_t, shapes_t) -> dict:
 def cross_gram(apply_b: Callable, variables_b, apply_t: Callable, variables_t, x, y=None, *,
                x_t=None, y_t=None, estimator: str = "empirical", rng=None, microbatch: int | None = None,
                memory_budget: int = DEFAULT_MEMORY_BUDGET, head: str = "pad",
-               progress: bool = False, engine: FisherCaches | None = None) -> np.ndarray:
+               progress: bool = False, engine: FisherCaches | None = None,
+               name: str | None = None) -> np.ndarray:
     """``A^T B = G_b G_t^T / sqrt(M_b M_t)`` (float64), M_b x M_t.
 
     Network b's per-example gradients on (x, y) against network t's on
     (x_t, y_t) (default the same data).  Gradients are aligned leaf by leaf;
     with ``head='pad'`` heads of different class counts are compared on their
     common part (zero padding adds nothing to inner products); ``'backbone'``
-    drops the heads.  ``engine`` as in :func:`gram_matrix`.
+    drops the heads.  ``engine``, ``name`` and the label rule as in :func:`gram_matrix` (each
+    network's labels must fit its own logits).
     """
-    x, y = _prep(x, y, estimator)
-    x_t, y_t = (x, y) if x_t is None else _prep(x_t, y_t, estimator)
+    given_t = y if x_t is None else y_t
+    x, y = _prep(x, y, estimator, apply_b, variables_b, name)
+    x_t, y_t = _prep(x if x_t is None else x_t, given_t, estimator, apply_t, variables_t, name)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     pb, _ = split_variables(variables_b)
     pt, _ = split_variables(variables_t)
@@ -223,14 +232,16 @@ def cross_gram(apply_b: Callable, variables_b, apply_t: Callable, variables_t, x
 def per_example_gradients(apply: Callable, variables, x, y=None, *, estimator: str = "empirical", rng=None,
                           microbatch: int | None = None,
                           memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                          engine: FisherCaches | None = None) -> tuple[np.ndarray, list[str], list[tuple]]:
+                          engine: FisherCaches | None = None,
+                          name: str | None = None) -> tuple[np.ndarray, list[str], list[tuple]]:
     """``(G, names, shapes)``: all M x n per-example gradients (float32, host) and the leaf layout.
 
     For reusing one network's gradients across several Grams / cross-Grams
     (the distance tables): ``gram_from_gradients`` and ``cross_from_gradients``
-    give the same matrices as ``gram_matrix`` / ``cross_gram``.  ``engine`` as in :func:`gram_matrix`.
+    give the same matrices as ``gram_matrix`` / ``cross_gram``.  ``engine``, ``name`` and the label
+    rule as in :func:`gram_matrix`.
     """
-    x, y = _prep(x, y, estimator)
+    x, y = _prep(x, y, estimator, apply, variables, name)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     params, _ = split_variables(variables)
     sel = _selection(params, "all")
