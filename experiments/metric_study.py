@@ -24,6 +24,7 @@ docs/results_metrics.md and docs/results_metrics.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -287,6 +288,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=os.path.join(ROOT, "docs", "results_metrics.json"))
     p.add_argument("--md", default=os.path.join(ROOT, "docs", "results_metrics.md"))
     p.add_argument("--labels-note", default="", help="one sentence on the label rule the Fishers used")
+    p.add_argument("--full-note", default="", help="one sentence on the full spectra (when not measured)")
+    p.add_argument("--partial", default=None, help="write only this run's results to PATH (no doc)")
+    p.add_argument("--combine", default=None, help="comma-separated --partial files: merge them into the doc")
     args = p.parse_args(argv)
 
     from tanas_jax import provenance
@@ -303,15 +307,29 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    results = {str(init): run_init(bank, args, init, tasks, seeds, full_seeds, log)
-               for init in parse_inits(args.inits)}
+    if args.combine:      # the conventions were run as separate processes (--partial): merge and format
+        parts = []
+        for path in args.combine.split(","):
+            with open(path) as f:
+                parts.append(json.load(f))
+        results = {k: v for part in parts for k, v in part["results"].items()}
+        wall = sum(part["wall_s"] for part in parts)
+        command = " ; ".join(part["command"] for part in parts)
+    else:
+        results = {str(init): run_init(bank, args, init, tasks, seeds, full_seeds, log)
+                   for init in parse_inits(args.inits)}
+        wall = time.perf_counter() - t_start
+        command = "python experiments/metric_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     payload = {"tasks": tasks, "seeds": seeds, "full_seeds": full_seeds, "results": results,
-               "wall_s": time.perf_counter() - t_start, "load": load_average(), "provenance": provenance.stamp(),
-               "command": "python experiments/metric_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-               "labels_note": args.labels_note}
+               "wall_s": wall, "load": load_average(), "provenance": provenance.stamp(),
+               "command": command, "labels_note": args.labels_note, "full_note": args.full_note}
+    if args.partial:
+        atomic_write_json(args.partial, payload)
+        log(f"wrote {args.partial} in {wall:.0f} s")
+        return 0
     atomic_write_json(args.json, payload)
     write_markdown(args.md, payload)
-    log(f"wrote {args.md} and {args.json} in {payload['wall_s']:.0f} s")
+    log(f"wrote {args.md} and {args.json} ({payload['wall_s']:.0f} s of study)")
     return 0
 
 
@@ -398,7 +416,8 @@ def write_markdown(path: str, payload: dict) -> None:
          f"- Versions: {', '.join(f'{k} {v}' for k, v in sorted((stamp.get('versions') or {}).items()))}.",
          "- Data: " + "; ".join(f"{t}: {d.get('source')} ({d.get('dataset')}, max_train {d.get('max_train')})"
                                 for t, d in any_r["data"].items()) + ".",
-         f"- Label rule of cross-task Fishers: {payload.get('labels_note') or 'as on this branch'}.", ""]
+         f"- Label rule of cross-task Fishers: {payload.get('labels_note') or 'as on this branch'}.",
+         f"- Full spectra: {payload.get('full_note') or 'seeds ' + str(payload['full_seeds'])}.", ""]
     L += DEFINITIONS + ["", "## Results", ""] + summary_lines(payload) + [
         "", f"**Default rule** ({choice['rule']}): **{choice['best']['variant']}, init "
         f"{fmt_init(choice['best']['init'])}** (SNR {choice['best']['snr']:.2f}).", "",
@@ -428,7 +447,10 @@ DEFINITIONS = [
     "Initialisation: *per-seed* = every ε-net starts from init(its training seed) (`train.init_seed` unset, "
     "the papers' independent nets); *shared* = `train.init_seed=0`, every ε-net starts from init(0) and its "
     "seed only orders the data.  `diag_sorted` sorts each layer's normalised diagonal Fisher (invariant to "
-    "permuting hidden units).  The transform distance is not in the study: it trains an MLP per (base, "
+    "permuting hidden units).  Under the global reduction the diagonal log-det distance is |Σ log(F_b + σ²) "
+    "− Σ log(F_t + σ²)| / n, a difference of two sums, so it is already invariant to any permutation and "
+    "`diag_sorted` gives the same numbers; sorting matters for Fréchet, which pairs coordinates.  "
+    "The transform distance is not in the study: it trains an MLP per (base, "
     "target, seed) pair (minutes each on this CPU), ~1600 pairs per convention would not fit."]
 
 

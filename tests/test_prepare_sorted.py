@@ -48,7 +48,7 @@ def _permute(p, q1, q2):
 def _numpy_sorted(fb, ft):
     """Reference: zero-pad the head, unit-total normalise, sort every layer; flat lists of layers."""
     lb, lt = [], []
-    for (pb, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(fb), jax.tree_util.tree_leaves_with_path(ft)):
+    for a, b in zip(jax.tree_util.tree_leaves(fb), jax.tree_util.tree_leaves(ft)):
         shape = np.maximum(np.shape(a), np.shape(b))
         lb.append(np.pad(a, [(0, s - d) for s, d in zip(shape, np.shape(a))]))
         lt.append(np.pad(b, [(0, s - d) for s, d in zip(shape, np.shape(b))]))
