@@ -377,8 +377,9 @@ def decision_lines(payload: dict) -> list[str]:
         "existing banks would be retrained for seeds >= 1 (seed 0 is bit-identical, but banked apart), and the "
         "commands that look networks up by the plain net name (pipeline's 'trained/reused' report, the transform "
         "distance's network path) must learn the new name first.  The next step is to flip it.",
-        "- The papers' choice stays one flag away: `--metric logdet --spectrum diag` (bin/distance, bin/tanas), "
-        "or `--set distance.metric=logdet --set distance.spectrum=diag --set tanas.metric=logdet`.",
+        "- The papers' choice stays one flag away: `bin/distance --metric logdet --spectrum diag`; "
+        "`bin/tanas --metric logdet --set distance.spectrum=diag`; any command: "
+        "`--set distance.metric=logdet --set distance.spectrum=diag --set tanas.metric=logdet`.",
         "- Cost at bin/tanas time is that of the papers' default: the same diagonal Fishers (~5 s each on this "
         "CPU under load), plus one sort per layer per pair (≈ 0.03 s per pair here)."]
 
