@@ -186,8 +186,10 @@ class FisherConfig:
 class DistanceConfig:
     """Fisher task distances (section ``distance``)."""
 
-    metric: str = "logdet"            # logdet | frechet | transform
-    spectrum: str = "diag"            # diag | diag_sorted (per layer, sorted: unit-permutation invariant) | full
+    # default by measurement (docs/results_metrics.md): Fréchet on per-layer sorted diagonals is consistent
+    # (same task -> small distance) and rank-stable; the papers' choice: metric logdet, spectrum diag
+    metric: str = "frechet"           # logdet | frechet | transform
+    spectrum: str = "diag_sorted"     # diag | diag_sorted (per layer, sorted: unit-permutation invariant) | full
     sigma2: float = 1e-10             # authors' value (after unit-total normalisation)
     normalization: str = "network"    # network (authors) | layer
     reduction: str = "global"         # global (LD-NAS eq. 2) | per_layer (authors' code)
@@ -394,7 +396,7 @@ class TanasConfig:
 
     bases: str = "offline8"
     target: str = "fashion_4class"   # held out of the bases when it is one of them
-    metric: str = "logdet"
+    metric: str = "frechet"          # docs/results_metrics.md; the papers': logdet (with distance.spectrum=diag)
     top_k: int = 1
     full_table_max: int = 10         # full K x K table up to this many tasks, else the target column
 
