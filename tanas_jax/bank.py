@@ -7,6 +7,9 @@ Layout (``--bank DIR``, default ``$TANAS_BANK`` or ``./bank``)::
     DIR/tasks/<task>/networks/<net>-seed<S>.json          metadata, sha256 of the tensors, record checksum
     DIR/tasks/<task>/artifacts/<kind>/<key>.{safetensors,json}   e.g. Fishers, caches
     DIR/tasks/<task>/genotype.json                  searched cell genotype + metadata, record checksum
+    (a network trained from a shared initialisation, ``train.init_seed = I``, is banked under the
+    net name ``<net>-init<I>``: ``<net>-init<I>-seed<S>.*``; its JSON records ``init_seed``: I,
+    and ``init_seed``: null for a network that started from init(its own seed))
     DIR/.locks/...                                  one lock file per entry (writers hold it)
 
 Derived artifacts (Fishers, spectra, transform distances) go through :meth:`Bank.cached`: the
@@ -414,6 +417,7 @@ class Bank:
         path = self.network_path(task, net, seed)
         _check_finite(variables, f"network {net} for task {task} seed {seed}")
         meta = dict(meta, task=task, net=net, seed=int(seed), entry="network")
+        meta.setdefault("init_seed", None)     # which initialisation convention (None: init(seed))
         with self.lock(path):
             return save_tensors(path, variables, meta)
 

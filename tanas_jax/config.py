@@ -35,7 +35,7 @@ SPLITS = ("train", "val", "test")
 ESTIMATORS = ("empirical", "mc", "exact")
 FISHER_METHODS = ("auto", "fast", "vmap")
 METRICS = ("logdet", "frechet", "transform")
-SPECTRA = ("diag", "full")
+SPECTRA = ("diag", "diag_sorted", "full")
 NORMALIZATIONS = ("network", "layer")
 REDUCTIONS = ("global", "per_layer")
 HEAD_MODES = ("pad", "backbone")
@@ -134,9 +134,17 @@ class TrainConfig:
     learning_rate: float = 1e-3       # Adam, as the authors
     epsilon: float = 0.1              # ε-approximation: test accuracy >= 1 - ε
     eval_batch_size: int = 500
+    # None: each ε-net starts from init(its training seed) (the papers' independent nets); an int:
+    # every ε-net starts from init(init_seed) and the training seed drives only the data order.
+    # A shared init is part of a network's bank key ("<net>-init<I>-seed<S>"); seed 0 with
+    # init_seed 0 is bit-identical to init_seed None.
+    init_seed: int | None = None
 
     def __post_init__(self):
         _at_least(self, "train", 1, "epochs", "batch_size", "eval_batch_size")
+        s = self.init_seed
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT):
+            _fail("train.init_seed", f"must be None or an integer in [0, 2**32), got {s!r}")
         _positive(self, "train", "learning_rate")
         _open_unit(self, "train", "epsilon")
 
@@ -178,8 +186,10 @@ class FisherConfig:
 class DistanceConfig:
     """Fisher task distances (section ``distance``)."""
 
-    metric: str = "logdet"            # logdet | frechet | transform
-    spectrum: str = "diag"            # diag | full
+    # default by measurement (docs/results_metrics.md): Fréchet on per-layer sorted diagonals is consistent
+    # (same task -> small distance) and rank-stable; the papers' choice: metric logdet, spectrum diag
+    metric: str = "frechet"           # logdet | frechet | transform
+    spectrum: str = "diag_sorted"     # diag | diag_sorted (per layer, sorted: unit-permutation invariant) | full
     sigma2: float = 1e-10             # authors' value (after unit-total normalisation)
     normalization: str = "network"    # network (authors) | layer
     reduction: str = "global"         # global (LD-NAS eq. 2) | per_layer (authors' code)
@@ -406,7 +416,7 @@ class TanasConfig:
 
     bases: str = "offline8"
     target: str = "fashion_4class"   # held out of the bases when it is one of them
-    metric: str = "logdet"
+    metric: str = "frechet"          # docs/results_metrics.md; the papers': logdet (with distance.spectrum=diag)
     top_k: int = 1
     full_table_max: int = 10         # full K x K table up to this many tasks, else the target column
     min_confidence: float = 0.5      # warn when P(closest) of the chosen base(s) is below this

@@ -98,7 +98,7 @@ def train_network(data, net: str, cfg, seed: int, progress: bool = True,
     """Train ``net`` on ``data`` (a :class:`tanas_jax.tasks.TaskData`).
 
     ``cfg`` is the ``train`` config section (epochs, batch_size, learning_rate,
-    epsilon, eval_batch_size).  Returns (variables, metrics) where metrics has
+    epsilon, eval_batch_size, init_seed: see :func:`init_seed_for`).  Returns (variables, metrics) where metrics has
     train/val/test accuracy, whether test accuracy reached 1 - epsilon, the
     wall time and the compile time of the first step.
     """
@@ -109,7 +109,7 @@ def train_network(data, net: str, cfg, seed: int, progress: bool = True,
     if tuple(data.input_shape) != spec.input_shape:
         raise UserError(f"data prepared for input {data.input_shape} but net {net} wants {spec.input_shape}")
     model = models.build(net, data.num_classes)
-    variables = models.init(net, data.num_classes, jax.random.PRNGKey(seed))
+    variables = models.init(net, data.num_classes, jax.random.PRNGKey(init_seed_for(cfg, seed)))
     params = variables["params"]
     batch_stats = variables.get("batch_stats")
     optimizer = optax.adam(float(cfg.learning_rate))
@@ -169,6 +169,22 @@ def train_network(data, net: str, cfg, seed: int, progress: bool = True,
     return variables, metrics
 
 
+def init_seed_for(train_cfg, seed: int) -> int:
+    """The seed of the initial parameters: ``train.init_seed`` when set (a shared initialisation: every
+    ε-net starts from the same backbone, and the training ``seed`` drives only the data order), else the
+    training seed (each net its own start).  The head is initialised from the same key: its shape
+    depends on the class count only, so nets of tasks with equal class counts share it too."""
+    shared = getattr(train_cfg, "init_seed", None)
+    return int(seed) if shared is None else int(shared)
+
+
+def network_key(net: str, init_seed: int | None) -> str:
+    """The name a network is banked under: the architecture ``net`` when each ε-net starts from its own
+    training seed (``init_seed`` None), ``<net>-init<I>`` when every ε-net starts from init(I), so nets
+    of the two conventions never alias (files ``<net>-seed<S>`` vs ``<net>-init<I>-seed<S>``)."""
+    return net if init_seed is None else f"{net}-init{int(init_seed)}"
+
+
 def check_epochs(train_cfg) -> None:
     """The training contract starts with at least one epoch: an untrained network is never banked."""
     epochs = train_cfg.epochs
@@ -221,7 +237,7 @@ def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=p
     from tanas_jax.tasks import canonical
 
     task = canonical(task)
-    net = cfg.train.net
+    net = network_key(cfg.train.net, cfg.train.get("init_seed"))   # a shared init is part of the identity
     check_epochs(cfg.train)
     if not retrain and (found := bank.find_network(task, net, seed)) is not None:
         return found
@@ -237,14 +253,15 @@ def _train_and_bank(bank, task: str, net: str, seed: int, cfg, progress: bool, l
     from tanas_jax import provenance
     from tanas_jax.tasks import task_data
 
-    spec = models.get_net(net)
+    arch = cfg.train.net            # ``net`` is the bank key (see bank.network_key)
+    spec = models.get_net(arch)
     data = task_data(task, spec.input_shape, cfg.data)
     log(data.summary())
-    variables, metrics = train_network(data, net, cfg.train, seed, progress=progress)
+    variables, metrics = train_network(data, arch, cfg.train, seed, progress=progress)
     check_contract(variables, metrics, f"{net} on {task} seed {seed}")
     meta = {"num_classes": data.num_classes, "class_names": list(data.class_names),
             "metrics": metrics, "data": data.record(), "train_config": cfg.train.to_dict(),
-            **provenance.stamp()}
+            "architecture": arch, "init_seed": cfg.train.get("init_seed"), **provenance.stamp()}
     meta = bank.save_network(task, net, seed, variables, meta)   # as stored, with its checksums
     status = "reached" if metrics["reached_epsilon"] else "did NOT reach"
     log(f"{task} [{net} seed {seed}]: test accuracy {metrics['test_accuracy']:.4f} "

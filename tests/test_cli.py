@@ -174,7 +174,7 @@ def test_closest_fn_does_not_change_the_config(quick_cfg, bank, monkeypatch):
     from tanas_jax.cli.fuse import closest_fn_for
     from tanas_jax.config import updated
 
-    cfg = updated(quick_cfg, {"tanas.metric": "frechet"})
+    cfg = updated(quick_cfg, {"tanas.metric": "frechet", "distance.metric": "logdet"})
     before = cfg.to_dict()
     got = {}
 

@@ -57,8 +57,8 @@ def test_fisher_cli_computes_then_reuses(tiny):
 
 def test_distance_table_files_agree_and_rerun_reuses(tiny):
     out = str(tiny["root"] / "table")
-    r = _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--bank", tiny["bank"],
-                    "--out", out, *TINY))
+    r = _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--spectrum", "diag",
+                    "--bank", tiny["bank"], "--out", out, *TINY))
     res = json.load(open(f"{out}/result.json"))
     assert res["tasks"] == TASKS and res["layout"] == "d[row=base][column=target]"
     assert res["settings"]["metric"] == "logdet" and res["settings"]["spectrum"] == "diag"
@@ -77,8 +77,8 @@ def test_distance_table_files_agree_and_rerun_reuses(tiny):
     assert res["cache"] == {"computed": 8, "reused": 4}
     assert "closest base from the same dataset for 3 of 3 targets" in r.stdout
     # rerun: every Fisher from the bank, the same numbers
-    _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--bank", tiny["bank"],
-                "--out", out, *TINY))
+    _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--spectrum", "diag",
+                "--bank", tiny["bank"], "--out", out, *TINY))
     res2 = json.load(open(f"{out}/result.json"))
     assert res2["cache"] == {"computed": 0, "reused": 12}
     np.testing.assert_allclose(np.array(res2["mean"], float), mean, rtol=1e-6)
@@ -90,7 +90,7 @@ def test_distance_target_ranking_matches_table(tiny):
         pytest.skip("needs the table test's bank")
     out = str(tiny["root"] / "rank")
     r = _ok(run_cli("distance", "--target", "mnist_digit0", "--bases", "mnist_digit6,mnist_10way,mnist_digit0",
-                    "--metric", "logdet", "--bank", tiny["bank"], "--out", out, *TINY))
+                    "--metric", "logdet", "--spectrum", "diag", "--bank", tiny["bank"], "--out", out, *TINY))
     res = json.load(open(f"{out}/result.json"))
     table = tiny["table"]
     col = {b: table["mean"][i][0] for i, b in enumerate(TASKS) if b != "mnist_digit0"}
@@ -168,7 +168,7 @@ def test_closest_bases_orders_by_the_table(tiny):
     from tanas_jax.distance import closest_bases
 
     bank = Bank(tiny["bank"])
-    cfg = _tiny_cfg(**{"tanas.bases": ",".join(TASKS)})
+    cfg = _tiny_cfg(**{"tanas.bases": ",".join(TASKS), "distance.metric": "logdet", "distance.spectrum": "diag"})
     table = tiny["table"]
     for j, target in enumerate(TASKS):
         col = {b: table["mean"][i][j] for i, b in enumerate(TASKS) if b != target}

@@ -94,12 +94,12 @@ def train_config(cfg, args):
 def train_networks(cfg, bank, task_list: list[str], seeds: list[int], *, retrain: bool = False,
                    progress: bool = True) -> list[dict]:
     """Ensure a banked network per (task, seed) (trained when missing or ``retrain``); one row each."""
-    from tanas_jax.train import ensure_network
+    from tanas_jax.train import ensure_network, network_key
 
-    rows = []
+    rows, net_key = [], network_key(cfg.train.net, cfg.train.get("init_seed"))   # the bank's name for it
     for task in task_list:
         for seed in seeds:
-            reused = bank.has_network(task, cfg.train.net, seed) and not retrain
+            reused = bank.has_network(task, net_key, seed) and not retrain
             _, meta = ensure_network(bank, task, seed, cfg, progress=progress, log=logger.info, retrain=retrain)
             m = meta["metrics"]
             rows.append({"task": task, "net": cfg.train.net, "seed": seed,

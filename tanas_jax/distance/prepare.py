@@ -4,6 +4,12 @@ Fishers are pytrees like the network params (``{'backbone': ..., 'head':
 ...}``).  Two networks for tasks with different class counts differ only in
 the head; ``head='pad'`` zero-pads the smaller head to the larger shape (the
 authors' choice), ``head='backbone'`` drops the head (shared part only).
+
+``spectrum='diag_sorted'`` (:func:`sort_diag`) replaces each aligned layer by its entries sorted in
+decreasing order: a diagonal Fisher lives in parameter coordinates, so two networks whose hidden
+units are permuted have permuted diagonals; per layer, the sorted diagonal does not depend on that
+order (nor on any other permutation within a layer), so nets from different initialisations can be
+compared.  Normalisation (unit total, or per-layer shares) commutes with the sort.
 """
 from __future__ import annotations
 
@@ -62,6 +68,14 @@ def align(fb, ft, head: str = "pad", names: tuple[str, str] = ("base", "target")
         out_t.append(b)
         keys.append(k)
     return out_b, out_t, keys
+
+
+def sort_diag(fb, ft, head: str = "pad", names: tuple[str, str] = ("base", "target")) -> tuple[dict, dict]:
+    """``(sorted_b, sorted_t)``: flat ``{layer name: 1-D entries sorted in decreasing order}`` of the
+    two aligned Fishers (:func:`align`: padded or dropped head), ready for any diagonal distance."""
+    b, t, keys = align(fb, ft, head, names)
+    return ({k: -jnp.sort(-jnp.ravel(a)) for k, a in zip(keys, b)},
+            {k: -jnp.sort(-jnp.ravel(a)) for k, a in zip(keys, t)})
 
 
 def normalize_leaves(leaves: list, mode: str = "network", what: str = "Fisher") -> list:
