@@ -351,19 +351,10 @@ def pair_distance(store: FisherStore, base: str, target: str, seed: int, dc) -> 
 
 
 def _diag_distance(store: FisherStore, base: str, target: str, seed: int, dc) -> float:
-    from tanas_jax.distance import frechet, logdet
-    from tanas_jax.distance.prepare import sort_diag
-
     names = (f"{base} net on {target} data", f"{target} net on {target} data")
     fb, _ = store.fisher(base, target, seed)
     ft, _ = store.fisher(target, target, seed)
-    if dc.spectrum == "diag_sorted":   # per layer, sorted: invariant to permuting hidden units
-        fb, ft = sort_diag(fb, ft, dc.head, names)
-    if dc.metric == "logdet":
-        return logdet.logdet_distance_diag(fb, ft, sigma2=dc.sigma2, normalization=dc.normalization,
-                                           reduction=dc.reduction, head=dc.head, names=names)
-    return frechet.frechet_distance_diag(fb, ft, normalization=dc.normalization,
-                                         reduction=dc.reduction, head=dc.head, names=names)
+    return _tree_distance(fb, ft, dc, names)
 
 
 def _full_distance(store: FisherStore, base: str, target: str, seed: int, dc) -> float:
@@ -500,9 +491,13 @@ def _bootstrap_column(store: FisherStore, tasks, target: str, seed: int, dc, idx
 
 
 def _tree_distance(fb, ft, dc, names) -> float:
-    """The diagonal metric of ``dc`` between two Fisher trees (as :func:`_diag_distance` on given trees)."""
+    """The diagonal metric of ``dc`` between two Fisher trees: the one dispatch for point estimates and
+    bootstrap resamples (``diag_sorted`` sorts each layer first: invariant to permuting hidden units)."""
     from tanas_jax.distance import frechet, logdet
+    from tanas_jax.distance.prepare import sort_diag
 
+    if dc.spectrum == "diag_sorted":
+        fb, ft = sort_diag(fb, ft, dc.head, names)
     if dc.metric == "logdet":
         return logdet.logdet_distance_diag(fb, ft, sigma2=dc.sigma2, normalization=dc.normalization,
                                            reduction=dc.reduction, head=dc.head, names=names)
