@@ -1,6 +1,7 @@
 """``bin/distance``: task-distance tables and closest-base rankings.
 
-    bin/distance --tasks offline8 --metric logdet|frechet|transform --spectrum diag|full --repeats 10 --out DIR
+    bin/distance --tasks offline8 --metric frechet|logdet|transform --spectrum diag_sorted|diag|full \
+        --repeats 10 --out DIR
     bin/distance --target T --bases offline8          # ranked closest bases
 
 Writes ``DIR/result.json`` (matrices, task names, settings, data source,

@@ -428,7 +428,7 @@ def _bootstrap_plan(store: FisherStore, dc) -> tuple[int, int, str | None]:
     only) and blocks of examples (at most one block per example)."""
     if dc.bootstrap == 0:
         return 0, 0, "distance.bootstrap = 0"
-    if dc.spectrum != "diag":
+    if dc.spectrum == "full":
         return 0, 0, "full spectra: P(closest) is over the network seeds only"
     if store.authors_fisher:
         return 0, 0, "authors' Fisher variant: its blocks do not average to the full Fisher"
