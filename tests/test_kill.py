@@ -47,7 +47,7 @@ TANAS = ["--target", "mnist_digit6", "--bases", "mnist_digit0,mnist_5class", "--
          "--set", "fuse.batch_size=16", *SEARCH_DATA, *DATA]
 
 # result.json fields that are not the computation's result: times, paths, what was reused
-VOLATILE = {"provenance", "bank", "out", "files", "config", "reused", "computed", "timings", "status",
+VOLATILE = {"provenance", "bank", "out", "files", "config", "reused", "computed", "timings", "status", "seconds",
             "table_text", "alpha_plot", "beta_plot", "resumed_from_round", "resumed_from_step"}
 
 
@@ -297,12 +297,27 @@ def test_fuse_killed_resumes_to_the_uninterrupted_result(fuse_ref, tmp_path_fact
     _assert_nothing_half_written(bank, bank=bank)
 
 
+WAIT_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tanas_jax.search import checkpoint
+save = checkpoint.save
+def save_then_wait(*a, **k):   # the test's Ctrl-C lands here, after the checkpoint, however fast the rounds are
+    out = save(*a, **k)
+    time.sleep(120)
+    return out
+checkpoint.save = save_then_wait
+from tanas_jax.cli.fuse import main
+sys.exit(main({argv!r}))
+"""
+
+
 def test_fuse_ctrl_c_exits_130_naming_the_saved_state_and_resumes(fuse_ref, tmp_path_factory):
     bank, out = _dirs(tmp_path_factory.mktemp("fuse_int"), "int")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     argv = [*FUSE, "--bank", bank, "--out", out]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "fuse"), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", WAIT_AFTER_FIRST_CHECKPOINT.format(root=ROOT, argv=argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.time() + 240
     while not _fuse_saved(bank, out) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
