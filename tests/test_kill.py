@@ -298,7 +298,8 @@ def test_fuse_killed_resumes_to_the_uninterrupted_result(fuse_ref, tmp_path_fact
 
 
 WAIT_AFTER_FIRST_CHECKPOINT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's background job starts with SIGINT ignored
 sys.path.insert(0, {root!r})
 from tanas_jax.search import checkpoint
 save = checkpoint.save
