@@ -50,7 +50,7 @@ def parse_inits(text: str) -> list:
 def config_for(preset: str, init, overrides=()):
     from tanas_jax.config import load_config
 
-    return load_config(preset, list(overrides) + ([] if init is None else [f"train.init_seed={init}"]))
+    return load_config(preset, list(overrides) + [f"train.init_seed={init}"])    # explicit: None or an int
 
 
 # -- diagonal spectra ---------------------------------------------------------------------------
@@ -372,11 +372,13 @@ def decision_lines(payload: dict) -> list[str]:
         f"- New default: **`distance.metric = frechet`, `distance.spectrum = diag_sorted`** (also "
         f"`tanas.metric = frechet`).  With today's per-seed initialisation: {row('None', 'frechet_diag_sorted')}; "
         f"the papers' log-det on the diagonal: {row('None', 'logdet_diag')}.",
-        f"- The shared initialisation is better still (`--set train.init_seed=0`): {row('0', 'frechet_diag_sorted')}.  "
-        "It is not made the default here: it changes every network's bank name (`<net>-init0-seed<S>`), so "
-        "existing banks would be retrained for seeds >= 1 (seed 0 is bit-identical, but banked apart), and the "
-        "commands that look networks up by the plain net name (pipeline's 'trained/reused' report, the transform "
-        "distance's network path) must learn the new name first.  The next step is to flip it.",
+        f"- The shared initialisation is better still: {row('0', 'frechet_diag_sorted')}.  It is the default "
+        "too (**`train.init_seed = 0`**, since session 4): every ε-net starts from init(0) and its seed only "
+        "orders the data, so the Fishers of two seeds live in the same parameter coordinates.  Networks "
+        "keep their plain bank name (`<net>-seed<S>`); per-seed nets are banked apart as `<net>-perseed-seed<S>`.  "
+        "A bank written before this default holds per-seed nets under the plain name: its seed-0 nets are init(0) "
+        "nets (bit-identical) and are used, its other seeds are refused with one line (retrain them, or set "
+        "`train.init_seed=None`).  The papers' independent nets: `--set train.init_seed=None`.",
         "- The papers' choice stays one flag away: `bin/distance --metric logdet --spectrum diag`; "
         "`bin/tanas --metric logdet --set distance.spectrum=diag`; any command: "
         "`--set distance.metric=logdet --set distance.spectrum=diag --set tanas.metric=logdet`.",
@@ -475,7 +477,7 @@ DEFINITIONS = [
     "Fisher seconds include bank hits of Fishers warmed by parallel processes, so they are a rough "
     "per-table figure, the same for every diagonal variant (one diagonal Fisher of 500 examples took "
     "~2.5-7 s under load average ~20).", "",
-    "Initialisation: *per-seed* = every ε-net starts from init(its training seed) (`train.init_seed` unset, "
+    "Initialisation: *per-seed* = every ε-net starts from init(its training seed) (`train.init_seed=None`, "
     "the papers' independent nets); *shared* = `train.init_seed=0`, every ε-net starts from init(0) and its "
     "seed only orders the data.  `diag_sorted` sorts each layer's normalised diagonal Fisher (invariant to "
     "permuting hidden units).  Under the global reduction the diagonal log-det distance is |Σ log(F_b + σ²) "

@@ -181,10 +181,10 @@ def ensure_net(bank, task, seed: int = 0, *, config="quick", overrides=None, ret
                progress: bool = False, log=None) -> Net:
     """The banked ε-net of ``task`` for ``seed`` (``config``'s ``train.net``), trained and banked when the
     bank lacks it (or ``retrain``)."""
-    from tanas_jax.train import ensure_network
+    from tanas_jax.train import ensure_network, network_key
 
     cfg, bank, name = make_config(config, overrides), _bank(bank), _name(task)
-    had = bank.has_network(name, cfg.train.net, int(seed)) and not retrain
+    had = bank.has_network(name, network_key(cfg.train.net, cfg.train.get("init_seed")), int(seed)) and not retrain
     variables, meta = ensure_network(bank, name, int(seed), cfg, progress=progress, log=_log(log), retrain=retrain)
     return Net(name, cfg.train.net, int(seed), not had, _plain(meta["metrics"]), _plain(meta), variables)
 

@@ -7,9 +7,10 @@ Layout (``--bank DIR``, default ``$TANAS_BANK`` or ``./bank``)::
     DIR/tasks/<task>/networks/<net>-seed<S>.json          metadata, sha256 of the tensors, record checksum
     DIR/tasks/<task>/artifacts/<kind>/<key>.{safetensors,json}   e.g. Fishers, caches
     DIR/tasks/<task>/genotype.json                  searched cell genotype + metadata, record checksum
-    (a network trained from a shared initialisation, ``train.init_seed = I``, is banked under the
-    net name ``<net>-init<I>``: ``<net>-init<I>-seed<S>.*``; its JSON records ``init_seed``: I,
-    and ``init_seed``: null for a network that started from init(its own seed))
+    (``<net>`` is the bank key ``train.network_key``: the architecture under the default shared
+    initialisation ``train.init_seed = 0``, ``<net>-init<I>`` for another shared init I,
+    ``<net>-perseed`` for nets that start from init(their own seed); the JSON records ``init_seed``:
+    I, or null for a per-seed net)
     DIR/.locks/...                                  one lock file per entry (writers hold it)
 
 Derived artifacts (Fishers, spectra, transform distances) go through :meth:`Bank.cached`: the

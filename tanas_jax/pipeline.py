@@ -139,13 +139,14 @@ def _timed(led: _Ledger, key: str, fn, *args):
 # 1 ---------------------------------------------------------------------------------------
 def _networks(run: _Run, led: _Ledger) -> list[dict]:
     """The ε-approximation networks of every base and the target, trained when the bank lacks them."""
-    from tanas_jax.train import ensure_network
+    from tanas_jax.train import ensure_network, network_key
 
     rows = []
     net = run.cfg.train.net
+    key = network_key(net, run.cfg.train.get("init_seed"))     # the bank's name for it
     for task in run.bases + [run.target]:
         for seed in run.seeds:
-            had = run.bank.has_network(task, net, seed)
+            had = run.bank.has_network(task, key, seed)
             _, meta = ensure_network(run.bank, task, seed, run.cfg, progress=run.progress, log=run.log)
             led.note(had, f"network {task} [{net} seed {seed}]")
             m = meta["metrics"]

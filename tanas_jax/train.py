@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from tanas_jax import models
+from tanas_jax.config import DEFAULT_INIT_SEED
 from tanas_jax.errors import UserError
 
 
@@ -174,15 +175,40 @@ def init_seed_for(train_cfg, seed: int) -> int:
     ε-net starts from the same backbone, and the training ``seed`` drives only the data order), else the
     training seed (each net its own start).  The head is initialised from the same key: its shape
     depends on the class count only, so nets of tasks with equal class counts share it too."""
-    shared = getattr(train_cfg, "init_seed", None)
-    return int(seed) if shared is None else int(shared)
+    return effective_init(getattr(train_cfg, "init_seed", None), seed)
+
+
+def effective_init(init_seed: int | None, seed: int) -> int:
+    """The seed of the initial parameters of the net trained with ``seed`` under ``init_seed``."""
+    return int(seed) if init_seed is None else int(init_seed)
 
 
 def network_key(net: str, init_seed: int | None) -> str:
-    """The name a network is banked under: the architecture ``net`` when each ε-net starts from its own
-    training seed (``init_seed`` None), ``<net>-init<I>`` when every ε-net starts from init(I), so nets
-    of the two conventions never alias (files ``<net>-seed<S>`` vs ``<net>-init<I>-seed<S>``)."""
-    return net if init_seed is None else f"{net}-init{int(init_seed)}"
+    """The name a network is banked under: the architecture ``net`` under the default shared
+    initialisation (``init_seed`` = :data:`DEFAULT_INIT_SEED`), ``<net>-init<I>`` for another shared
+    init I, ``<net>-perseed`` when each ε-net starts from its own training seed (``init_seed`` None), so
+    nets of different conventions never alias.  Banks written before the default became the shared
+    init hold per-seed nets under the plain name (metadata ``init_seed``: null): their seed-0 nets ARE
+    init(0) nets (bit-identical) and are used; their other seeds are refused by
+    :func:`check_init` with the fix."""
+    if init_seed is None:
+        return f"{net}-perseed"
+    return net if int(init_seed) == DEFAULT_INIT_SEED else f"{net}-init{int(init_seed)}"
+
+
+def check_init(task: str, seed: int, meta: dict, init_seed: int | None) -> None:
+    """A banked network must start from the initialisation the config prescribes for its seed
+    (``effective_init``; a JSON without ``init_seed`` is a per-seed net).  A diagonal Fisher lives in
+    parameter coordinates, so nets from different initialisations are not comparable: one line naming
+    the net, both initialisations and the fix."""
+    got = meta.get("init_seed")
+    if effective_init(got, seed) == effective_init(init_seed, seed):
+        return
+    raise UserError(f"the bank mixes initialisation conventions: network {task} (seed {seed}) was trained from "
+                    f"init({effective_init(got, seed)}) (init_seed {got}), the config (train.init_seed {init_seed}) "
+                    f"starts seed {seed} from init({effective_init(init_seed, seed)}); Fishers of nets with different "
+                    f"initialisations are not comparable: retrain it with `bin/train --task {task} --seed {seed} "
+                    f"--set train.init_seed={init_seed} --retrain` or set train.init_seed={got}")
 
 
 def check_epochs(train_cfg) -> None:
@@ -240,11 +266,13 @@ def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=p
     net = network_key(cfg.train.net, cfg.train.get("init_seed"))   # a shared init is part of the identity
     check_epochs(cfg.train)
     if not retrain and (found := bank.find_network(task, net, seed)) is not None:
+        check_init(task, seed, found[1], cfg.train.get("init_seed"))
         return found
     path = bank.network_path(task, net, seed)
     bank.check_writable(path)
     with bank.lock(path, log=log):
         if not retrain and (found := bank.find_network(task, net, seed)) is not None:
+            check_init(task, seed, found[1], cfg.train.get("init_seed"))
             return found    # another process banked it while we waited
         return _train_and_bank(bank, task, net, seed, cfg, progress, log)
 

@@ -17,8 +17,8 @@ def cfgs():
     from tanas_jax.cli.common import load_config
     from tanas_jax.config import updated
 
-    base = updated(load_config("quick"), TINY)
-    return {None: base, 0: updated(base, {"train.init_seed": 0})}
+    return {None: updated(load_config("quick", ["train.init_seed=None"]), TINY),
+            0: updated(load_config("quick"), TINY)}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def _backbone(variables) -> dict:
 def test_init_seed_is_validated():
     from tanas_jax.config import TrainConfig
 
-    assert TrainConfig().init_seed is None and TrainConfig(init_seed=3).init_seed == 3
+    assert TrainConfig().init_seed == 0 and TrainConfig(init_seed=None).init_seed is None   # default: shared init(0)
+    assert TrainConfig(init_seed=3).init_seed == 3
     for bad in (-1, 2**32, 1.5, True, "0"):
         with pytest.raises(UserError, match="train.init_seed"):
             TrainConfig(init_seed=bad)
@@ -75,12 +76,13 @@ def test_seed0_shared_is_bit_identical_to_per_seed_but_banked_apart(shared_bank,
     a, b = flatten_tree(nets[None][0]), flatten_tree(nets[0][0])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert nets[None][1]["init_seed"] is None and nets[0][1]["init_seed"] == 0
-    assert network_key("small_cnn", None) == "small_cnn" and network_key("small_cnn", 0) == "small_cnn-init0"
+    assert network_key("small_cnn", None) == "small_cnn-perseed" and network_key("small_cnn", 0) == "small_cnn"
+    assert network_key("small_cnn", 7) == "small_cnn-init7"
     assert shared_bank.has_network("mnist_138", "small_cnn", 0)
-    assert shared_bank.has_network("mnist_138", "small_cnn-init0", 0)
+    assert shared_bank.has_network("mnist_138", "small_cnn-perseed", 0)
     assert nets[None][1]["tensors_sha256"] == nets[0][1]["tensors_sha256"]   # same tensors (the files differ: their
     # headers carry each entry's own record)
-    assert ("mnist_138", "small_cnn-init0", 0) in shared_bank.network_entries("mnist_138")
+    assert ("mnist_138", "small_cnn-perseed", 0) in shared_bank.network_entries("mnist_138")
     # seed 1: the shared convention starts from init(0), the per-seed one from init(1)
     one = {init: flatten_tree(ensure_network(shared_bank, "mnist_138", 1, cfg, progress=False,
                                              log=lambda *a: None)[0]) for init, cfg in cfgs.items()}
@@ -88,19 +90,23 @@ def test_seed0_shared_is_bit_identical_to_per_seed_but_banked_apart(shared_bank,
 
 
 def test_a_table_refuses_a_bank_that_mixes_init_conventions(shared_bank, cfgs):
-    """mnist_4class banked under the per-seed name but trained from the shared init: refused, one line."""
+    """mnist_4class seed 1 banked under the shared convention's name but trained from init(1) (a per-seed
+    net, as an older bank holds it): refused, one line; seed 0 of that convention IS init(0) and is used."""
     from tanas_jax.distance.table import fisher_distance_table
     from tanas_jax.train import ensure_network
 
-    variables, meta = ensure_network(shared_bank, "mnist_4class", 0, cfgs[0], progress=False, log=lambda *a: None)
-    shared_bank.save_network("mnist_4class", "small_cnn", 0, variables, meta)   # as if copied from another bank
-    ensure_network(shared_bank, "mnist_138", 0, cfgs[None], progress=False, log=lambda *a: None)
+    for seed in (0, 1):
+        variables, meta = ensure_network(shared_bank, "mnist_4class", seed, cfgs[None], progress=False,
+                                         log=lambda *a: None)
+        shared_bank.save_network("mnist_4class", "small_cnn", seed, variables, meta)   # as an old bank holds it
+    for seed in (0, 1):
+        ensure_network(shared_bank, "mnist_138", seed, cfgs[0], progress=False, log=lambda *a: None)
     with pytest.raises(UserError) as e:
-        fisher_distance_table(shared_bank, ["mnist_138", "mnist_4class"], cfgs[None], [0], progress=False)
+        fisher_distance_table(shared_bank, ["mnist_138", "mnist_4class"], cfgs[0], [1], progress=False)
     msg = str(e.value)
     assert "\n" not in msg and "mixes initialisation conventions" in msg
-    assert "mnist_4class (seed 0) has init_seed 0" in msg and "mnist_138 (seed 0, init_seed None)" in msg
-    assert "train.init_seed" in msg
-    # the shared convention's own entries are consistent: the table runs
+    assert "mnist_4class (seed 1) was trained from init(1) (init_seed None)" in msg
+    assert "starts seed 1 from init(0)" in msg and "train.init_seed" in msg and "--retrain" in msg
+    # seed 0: the per-seed net is init(0)'s net, so the legacy entry is reused and the table runs
     r = fisher_distance_table(shared_bank, ["mnist_138", "mnist_4class"], cfgs[0], [0], progress=False)
     assert r["mean"][0][1] > 0 and r["mean"][1][0] > 0

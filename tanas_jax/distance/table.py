@@ -83,26 +83,8 @@ class FisherStore:
 
             variables, meta = ensure_network(self.bank, task, seed, self.cfg, progress=self.progress, log=self.log)
             self._check_shapes(task, seed, variables, meta)
-            self._check_init(task, seed, meta)
             self._nets[key] = (variables, meta)
         return self._nets[key]
-
-    def _check_init(self, task, seed, meta):
-        """Every network of a table starts from the configured initialisation convention
-        (``train.init_seed``; a banked JSON without ``init_seed`` is None: init(its own seed)).  A
-        diagonal Fisher lives in parameter coordinates, so nets of the two conventions are not
-        comparable: a bank that mixes them is refused, naming both nets and the fix."""
-        want = section(self.cfg, "train").init_seed
-        got = meta.get("init_seed")
-        if got == want:
-            return
-        others = [(t, s) for (t, s), (_, m) in self._nets.items() if m.get("init_seed") == want]
-        ref = (f"network {others[0][0]} (seed {others[0][1]}, init_seed {want})" if others
-               else f"the config (train.init_seed {want})")
-        raise UserError(f"the bank mixes initialisation conventions: network {task} (seed {seed}) has init_seed "
-                        f"{got}, {ref} has {want}; Fishers of nets with different initialisations are not "
-                        f"comparable: retrain {task} with `bin/train --task {task} --seed {seed} --set "
-                        f"train.init_seed={want} --retrain` or set train.init_seed={got}")
 
     def _check_shapes(self, task, seed, variables, meta):
         """A banked network whose parameters do not fit ``self.net`` is a user error, not a flax traceback."""

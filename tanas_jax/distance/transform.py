@@ -558,7 +558,7 @@ class _TableRun:
 def _start_table(bank, tasks, cfg, seeds, source, progress, log, recompute):
     """``(run, tasks, seeds)``: settings resolved, every network trained or loaded."""
     from tanas_jax.tasks import canonical
-    from tanas_jax.train import ensure_network
+    from tanas_jax.train import ensure_network, network_key
 
     tcfg = section(cfg, "transform")
     tasks = [canonical(t) for t in tasks]
@@ -570,7 +570,8 @@ def _start_table(bank, tasks, cfg, seeds, source, progress, log, recompute):
         cfg = updated(cfg, {"train.net": net})
     data_cfg = section(cfg, "data")
     nets = {(t, s): ensure_network(bank, t, s, cfg, progress=progress, log=log) for s in seeds for t in tasks}
-    checksums = {k: _network_checksum(bank, k[0], net, k[1], m) for k, (_, m) in nets.items()}
+    key = network_key(net, section(cfg, "train").init_seed)      # the bank's name for the nets
+    checksums = {k: _network_checksum(bank, k[0], key, k[1], m) for k, (_, m) in nets.items()}
     run = _TableRun(bank=bank, tcfg=tcfg, net=net, data_cfg=data_cfg, source=source or data_cfg.source,
                     nets=nets, checksums=checksums, progress=progress, recompute=recompute)
     return run, tasks, seeds
