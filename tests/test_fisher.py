@@ -366,7 +366,32 @@ def test_engine_methods_equal_module_functions():
                   per_example_gradients(apply, variables, x, y, microbatch=4)[0])):
         for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
-    assert eng.cache_sizes() == {"steps": 1, "block_fns": 1, "meshes": 1}
+    # traces: fisher_diag's output width, layer plan and finishing step
+    assert eng.cache_sizes() == {"steps": 1, "block_fns": 1, "meshes": 1, "traces": 3}
+
+
+def test_engine_traces_apply_once_per_shape():
+    """A second ``fisher_diag`` call with the same apply and shapes does not trace the network again
+    (plan, output width and step are cached), and gives the same numbers; new values of the
+    variables and other examples of the same shape reuse them."""
+    module = Tiny()
+    _, variables, x, y = _setup(module, (5,), m=6, seed=1)
+    calls = []
+
+    def apply(v, xx):
+        calls.append(xx.shape)
+        return module.apply(v, xx)
+
+    eng = FisherEngine()
+    first = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=4)
+    n_first = len(calls)
+    assert n_first > 0
+    v2 = jax.tree_util.tree_map(lambda a: 2.0 * a, variables)
+    again = eng.fisher_diag(apply, v2, x[:5], y[:5], method="fast", microbatch=4)
+    assert len(calls) == n_first
+    assert_tree_close(eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=4), first, rtol=0)
+    assert len(calls) == n_first
+    assert_tree_close(again, fisher_diag(apply, v2, x[:5], y[:5], method="vmap", microbatch=4))
 
 
 FISHER_IMPORTS_SCRIPT = textwrap.dedent("""
