@@ -10,9 +10,10 @@ perturbation gradient is each example's own output gradient ``delta_i``
   per-example gradient computations", arXiv 1510.01799; no per-example
   gradient is formed);
 * conv: per-example kernel gradients ``patches_i^T delta_i`` (patches by
-  slicing, :func:`tanas_jax.layers.extract_patches`), squared and summed, in
-  chunks of examples for large layers, or without per-example kernels at all
-  on tiny maps (:func:`conv_kernel_sq`);
+  slicing, :func:`tanas_jax.layers.extract_patches`), squared and summed in a
+  scan over small chunks of examples whose steps extract their own patches
+  (and tile the output channels of big kernels), or without per-example
+  kernels at all on tiny maps (:func:`conv_kernel_fisher`);
 * biases ``(sum_hw delta_i)**2``; BatchNorm scale ``(sum_hw delta_i * xhat_i)**2``.
 
 :func:`make_plan` traces a network once and lists the layers this path
