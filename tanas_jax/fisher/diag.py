@@ -263,18 +263,17 @@ def bytes_per_example(plan: Plan | None, n_params: int, labels_per_example: int,
     return 4 * labels_per_example * (3 * n_params + 4 * act_floats + 1)
 
 
-def _labels_per_example(job: _Job, variables) -> int:
+def _labels_per_example(caches: FisherCaches, job: _Job, variables) -> int:
     s = {"empirical": 1, "mc": job.mc_samples, "exact": None}[job.estimator]
     if s is None:  # exact: one label per class
-        s = int(jax.eval_shape(lambda xx: job.apply(variables, xx),
-                               jax.ShapeDtypeStruct((1,) + tuple(job.x.shape[1:]), jnp.float32)).shape[-1])
+        s = caches.output_width(job.apply, variables, job.x)
     return s
 
 
-def _choose_microbatch(job: _Job, variables, microbatch, memory_budget, nd) -> int:
+def _choose_microbatch(caches: FisherCaches, job: _Job, variables, microbatch, memory_budget, nd) -> int:
     """The given microbatch, or the largest that fits ``memory_budget``; a multiple of ``nd``."""
-    s = _labels_per_example(job, variables)
     if microbatch is None:
+        s = _labels_per_example(caches, job, variables)
         if job.used == "fast":
             ml, acts = layer_sizes(job.plan, job.params)
             per = bytes_per_example(job.plan, job.n_params, s, ml, acts)
@@ -452,7 +451,7 @@ def fisher_diag(apply: Callable, variables, x, y=None, *, estimator: str = "empi
     job = _Job(apply, params, rest, x, y, estimator, mc_samples, jax.random.PRNGKey(0) if rng is None else rng,
                used, plan, int(sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))), name)
     devs = list(jax.devices() if devices is None else devices)
-    microbatch = _choose_microbatch(job, variables, microbatch, memory_budget, len(devs))
+    microbatch = _choose_microbatch(caches, job, variables, microbatch, memory_budget, len(devs))
     while True:
         try:
             out, flags, seconds = _run(caches, job, devs, microbatch, progress)
