@@ -295,6 +295,11 @@ def test_exact_estimator_equals_naive_expectation():
     ref = naive_exact_fisher(apply, variables, x)
     assert_tree_close(fisher_diag(apply, variables, x, estimator="exact", method="vmap", microbatch=3), ref)
     assert_tree_close(fisher_diag(apply, variables, x, estimator="exact", method="fast", microbatch=3), ref)
+    # microbatch from the memory budget (C labels per example: the cached output width)
+    got, info = fisher_diag(apply, variables, x, estimator="exact", method="fast", return_info=True,
+                            memory_budget=1 << 20)
+    assert_tree_close(got, ref)
+    assert info["microbatch"] >= 1
 
 
 class Tiny(nn.Module):
