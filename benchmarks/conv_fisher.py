@@ -13,9 +13,12 @@ Techniques (all jitted, float32, same inputs; each checked against ``patches`` b
   ``(Cin, H, W, N)``, ``delta`` as an ``N``-group kernel), squared, summed;
 * ``chunked``  — ``patches`` over groups of 8 examples in a ``lax.scan`` so that the per-example
   kernels of only one group are alive (the square-sum is fused per group);
+* ``scan``     — ``fisher.fast.conv_kernel_sq_scan``: a ``lax.scan`` whose steps extract the patches
+  of their OWN examples (and tile the output channels of big kernels), so neither the patches of the
+  microbatch nor its per-example kernels are written out;
 * ``pairs``    — no per-example kernel at all: ``sum_i (sum_s p_is^T d_is)**2`` expanded over
   pixel pairs s <= t as one matrix product (timed on maps of <= 16 pixels only: P(P+1)/2 pairs);
-* ``chosen``   — what ``fisher.fast.conv_kernel_sq`` picks for the shape (the product's path).
+* ``chosen``   — what ``fisher.fast.conv_kernel_fisher`` (the Fisher step's path) picks for the shape.
 
     bin/bench conv --nets tanas_cnn,small_cnn,vgg16,resnet18 [--repeats 5] [--out DIR]
 
@@ -35,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tanas_jax  # noqa: E402,F401  (sets our XLA defaults before JAX starts)
 
-TECHNIQUES = ("plain", "patches", "grouped", "chunked", "pairs", "chosen")
+TECHNIQUES = ("plain", "patches", "grouped", "chunked", "scan", "pairs", "chosen")
 PAIRS_MAX_PIXELS = 16
 MICROBATCH = {"tanas_cnn": 64, "small_cnn": 64, "vgg16": 32, "resnet18": 32}
 
@@ -113,8 +116,14 @@ def techniques(attrs, pixels: int):
             return k.reshape(kh, kw, a.shape[-1], -1)
         return f
 
+    def from_inputs(form):
+        def f(a, delta, wt):
+            return form(a, delta, wt, (kernel, strides, pad, dilation)).reshape(kh, kw, a.shape[-1], -1)
+        return f
+
     fns = {"plain": plain, "patches": patches, "grouped": grouped,
-           "chunked": with_patches(fast._kernel_sq_chunked), "chosen": with_patches(fast.conv_kernel_sq)}
+           "chunked": with_patches(fast._kernel_sq_chunked), "scan": from_inputs(fast.conv_kernel_sq_scan),
+           "chosen": from_inputs(fast.conv_kernel_fisher)}
     if pixels <= PAIRS_MAX_PIXELS:
         fns["pairs"] = with_patches(fast._kernel_sq_quadratic)
     return fns

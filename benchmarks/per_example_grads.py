@@ -139,10 +139,12 @@ def bench_net(net: str, examples: int, microbatch: int, repeats: int, method: st
     _, c_plain = _timed(plain)
     (ours, info), c_fisher = _timed(lambda: jax.block_until_ready(
         fisher_diag(apply, variables, x, y, microbatch=microbatch, method=method, return_info=True)))
-    med = time_alternating({"plain": plain, "fisher": fisher}, repeats)   # alternate the two methods
+    cpu: dict = {}
+    med = time_alternating({"plain": plain, "fisher": fisher}, repeats, cpu)   # alternate the two methods
     sp, sf = med["plain"], med["fisher"]
     row = {"net": net, "params": models.param_count(params), "examples": examples, "microbatch": microbatch,
            "method": info["method"], "plain_s": sp, "fisher_s": sf, "ratio": sf / sp,
+           "plain_cpu_s": cpu["plain"], "fisher_cpu_s": cpu["fisher"], "cpu_ratio": cpu["fisher"] / cpu["plain"],
            "plain_examples_per_s": examples / sp, "fisher_examples_per_s": examples / sf,
            "first_call_s": {"plain": c_plain, "fisher": c_fisher}, "peak_mb": _peak_mb()}
     return row, ours
@@ -467,12 +469,19 @@ def peer_errors(net: str, examples: int, microbatch: int, peers: list[str], meth
     return prepare_peers(net, variables, x, y, ours, microbatch, peers)[0]
 
 
-def time_alternating(fns: dict, repeats: int) -> dict:
-    """Median seconds of each (warmed-up) callable, the callables alternating ``repeats`` times."""
+def time_alternating(fns: dict, repeats: int, cpu: dict | None = None) -> dict:
+    """Median seconds of each (warmed-up) callable, the callables alternating ``repeats`` times;
+    with a ``cpu`` dict, also the median CPU seconds of this process (all its threads) per callable
+    there: on a machine shared with other jobs, CPU time moves much less than wall time."""
     times = {k: [] for k in fns}
+    cpus = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            c0 = time.process_time()
             times[k].append(_timed(f)[1])
+            cpus[k].append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.update({k: statistics.median(v) for k, v in cpus.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -504,14 +513,14 @@ def _cell(r: dict | None) -> str:
 def table(rows: list[dict], peers: list[str]) -> str:
     """Markdown table: per net our plain grad and Fisher seconds, their ratio, torch plain, each
     peer's seconds and relative Fisher error (or why it did not run), faster than every peer."""
-    head = ["net", "plain grad s", "**Fisher s**", "ratio", "torch plain s"] + \
+    head = ["net", "plain grad s", "**Fisher s**", "ratio", "CPU-time ratio", "torch plain s"] + \
            [f"{p} s (rel. err)" for p in peers] + ["faster than every peer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         fast = {True: "yes", False: "no", None: "n/a"}[r.get("faster_than_every_peer")]
         tp = f"{r['torch_plain_s']:.3f}" if "torch_plain_s" in r else "-"
         cells = [f"{r['net']}, {r['examples']} ex, mb {r['microbatch']}", f"{r['plain_s']:.3f}",
-                 f"**{r['fisher_s']:.3f}**", f"{r['ratio']:.2f}", tp] + \
+                 f"**{r['fisher_s']:.3f}**", f"{r['ratio']:.2f}", f"{r['cpu_ratio']:.2f}", tp] + \
                 [_cell(r.get("peers", {}).get(p)) for p in peers] + [fast]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -548,7 +557,8 @@ def main(argv=None) -> int:
     for net in [n for n in args.nets.split(",") if n]:
         r, ours = bench_net(net, args.examples, args.microbatch, args.repeats, args.method)
         print(f"{net:10s} {r['params'] / 1e6:6.2f}M  plain {r['plain_s']:.3f}s  fisher[{r['method']}] "
-              f"{r['fisher_s']:.3f}s  ratio {r['ratio']:.2f}  {r['fisher_examples_per_s']:.0f} ex/s  "
+              f"{r['fisher_s']:.3f}s  ratio {r['ratio']:.2f} (CPU time {r['cpu_ratio']:.2f})  "
+              f"{r['fisher_examples_per_s']:.0f} ex/s  "
               f"peak {r['peak_mb']:.0f} MB", flush=True)
         _, variables, x, y = make_problem(net, args.examples)
         results, fns = prepare_peers(net, variables, x, y, ours, args.microbatch, peers)

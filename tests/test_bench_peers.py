@@ -42,3 +42,26 @@ def test_select_peers_names_and_errors():
     assert set(bench.select_peers("all")) <= set(bench.PEERS)
     with pytest.raises(SystemExit, match="unknown peer"):
         bench.select_peers("backpak")
+
+
+def test_timing_reports_cpu_time_and_the_table_shows_its_ratio():
+    """``time_alternating`` gives CPU seconds next to wall seconds: a sleep costs wall time but
+    (almost) no CPU time, a busy loop costs CPU time; the table prints the CPU-time ratio."""
+    import time
+
+    bench = _bench()
+
+    def busy():
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.02:
+            pass
+
+    cpu: dict = {}
+    wall = bench.time_alternating({"sleep": lambda: time.sleep(0.03), "busy": busy}, 3, cpu)
+    assert wall["sleep"] >= 0.03 and cpu["sleep"] < 0.015
+    assert cpu["busy"] >= 0.02
+    row = {"net": "small_cnn", "examples": 8, "microbatch": 4, "plain_s": 1.0, "fisher_s": 1.5,
+           "ratio": 1.5, "cpu_ratio": 1.25}
+    head, _, line = bench.table([row], []).splitlines()
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[[c.strip() for c in head.strip("|").split("|")].index("CPU-time ratio")] == "1.25"

@@ -200,6 +200,76 @@ def test_conv_kernel_square_sum_forms_equal_a_numpy_loop(n, npix, k, o):
                                    err_msg=name)
 
 
+def _numpy_conv_kernel_sq(a, delta, wt, kernel, strides, pad, dilation):
+    """``sum_i wt_i g_i**2`` with each example's kernel gradient ``g_i[u, v, c, o] = sum_{y, x}
+    a_pad[i, y*sh + u*dh, x*sw + v*dw, c] * delta[i, y, x, o]``: float64 loops, no patches."""
+    a64 = np.pad(a.astype(np.float64), ((0, 0), pad[0], pad[1], (0, 0)))
+    n, ho, wo, o = delta.shape
+    out = np.zeros(kernel + (a.shape[-1], o))
+    for i in range(n):
+        g = np.zeros_like(out)
+        for u in range(kernel[0]):
+            for v in range(kernel[1]):
+                rows = u * dilation[0] + strides[0] * np.arange(ho)
+                cols = v * dilation[1] + strides[1] * np.arange(wo)
+                g[u, v] = np.einsum("yxc,yxo->co", a64[i][np.ix_(rows, cols)], delta[i].astype(np.float64))
+        out += float(wt[i]) * g * g
+    return out
+
+
+@pytest.mark.parametrize("geometry", [
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),       # 3x3 SAME
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),       # stride 2
+    ((3, 2), (1, 2), ((0, 1), (2, 0)), (2, 1)),       # asymmetric padding, dilation
+    ((1, 1), (2, 2), ((0, 0), (0, 0)), (1, 1)),       # 1x1 shortcut
+])
+def test_conv_kernel_fisher_from_inputs_equals_a_numpy_loop(geometry):
+    """``conv_kernel_sq_scan`` (patches per scan step, output-channel tiles) at every chunk / tile
+    size, and ``conv_kernel_fisher`` (which also picks the pixel-pair form on tiny maps), equal a
+    float64 loop over examples, kernel offsets and pixels; so does ``scan_tiles``' own choice."""
+    from tanas_jax.fisher import fast
+
+    kernel, strides, pad, dilation = geometry
+    rng = np.random.RandomState(sum(kernel) + strides[0])
+    n, cin, o = 6, 3, 4
+
+    def out_size(h, w):
+        return ((h + sum(pad[0]) - (kernel[0] - 1) * dilation[0] - 1) // strides[0] + 1,
+                (w + sum(pad[1]) - (kernel[1] - 1) * dilation[1] - 1) // strides[1] + 1)
+
+    tiny = next(hw for hw in ((2, 2), (3, 2), (4, 3), (5, 3)) if 1 <= np.prod(out_size(*hw)) <= 4)
+    for h, w in ((7, 6), tiny):         # tiny: an output map of <= 4 pixels (pixel pairs)
+        a = rng.randn(n, h, w, cin).astype(np.float32)
+        ho, wo = out_size(h, w)
+        assert ho * wo > (4 if h == 7 else 0)
+        delta = rng.randn(n, ho, wo, o).astype(np.float32)
+        wt = rng.rand(n).astype(np.float32)
+        ref = _numpy_conv_kernel_sq(a, delta, wt, kernel, strides, pad, dilation).reshape(-1, o)
+        runs = {"chosen": jax.jit(lambda a_, d_, w_: fast.conv_kernel_fisher(a_, d_, w_, geometry))}
+        for c, ot in ((1, 1), (2, 2), (3, 4), (6, 2), (None, None)):
+            runs[f"scan c={c} tile={ot}"] = jax.jit(
+                lambda a_, d_, w_, c=c, ot=ot: fast.conv_kernel_sq_scan(a_, d_, w_, geometry, c, ot))
+        for name, f in runs.items():
+            np.testing.assert_allclose(np.asarray(f(a, delta, wt)), ref, rtol=2e-5, atol=2e-5 * ref.max(),
+                                       err_msg=f"{name} {h}x{w}")
+
+
+def test_scan_tiles_bound_the_working_set():
+    """A scan step's patches and per-example kernels stay below ``SCAN_FLOATS`` (unless one example
+    alone is larger), the chunk divides the microbatch, the tile divides the channels."""
+    from tanas_jax.fisher import fast
+
+    for n, npix, k, o in ((32, 16, 4608, 512), (32, 1024, 576, 64), (64, 1024, 9, 16), (7, 3, 5, 6),
+                          (32, 64, 1152, 256), (4, 4096, 4608, 512)):
+        c, ot = fast.scan_tiles(n, npix, k, o)
+        assert n % c == 0 and o % ot == 0 and 1 <= c <= fast.CHUNK_EXAMPLES
+        assert k * ot <= fast.SCAN_FLOATS or ot == 1
+        step = c * max(npix * k, k * ot, npix * ot)
+        assert step <= fast.SCAN_FLOATS or c == 1, (n, npix, k, o, c, ot)
+    assert fast.scan_tiles(32, 16, 4608, 512) == (1, 256)    # VGG-16 4x4 maps: tiles, one example per step
+    assert fast.scan_tiles(64, 1024, 9, 16) == (8, 16)       # small layers: 8 examples per step
+
+
 def test_real_model_zoo_net_small_cnn():
     from tanas_jax.models import init, make_apply
     v = init("small_cnn", 2, jax.random.PRNGKey(3))
@@ -225,6 +295,11 @@ def test_exact_estimator_equals_naive_expectation():
     ref = naive_exact_fisher(apply, variables, x)
     assert_tree_close(fisher_diag(apply, variables, x, estimator="exact", method="vmap", microbatch=3), ref)
     assert_tree_close(fisher_diag(apply, variables, x, estimator="exact", method="fast", microbatch=3), ref)
+    # microbatch from the memory budget (C labels per example: the cached output width)
+    got, info = fisher_diag(apply, variables, x, estimator="exact", method="fast", return_info=True,
+                            memory_budget=1 << 20)
+    assert_tree_close(got, ref)
+    assert info["microbatch"] >= 1
 
 
 class Tiny(nn.Module):
@@ -366,7 +441,32 @@ def test_engine_methods_equal_module_functions():
                   per_example_gradients(apply, variables, x, y, microbatch=4)[0])):
         for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
-    assert eng.cache_sizes() == {"steps": 1, "block_fns": 1, "meshes": 1}
+    # traces: fisher_diag's output width, layer plan and finishing step
+    assert eng.cache_sizes() == {"steps": 1, "block_fns": 1, "meshes": 1, "traces": 3}
+
+
+def test_engine_traces_apply_once_per_shape():
+    """A second ``fisher_diag`` call with the same apply and shapes does not trace the network again
+    (plan, output width and step are cached), and gives the same numbers; new values of the
+    variables and other examples of the same shape reuse them."""
+    module = Tiny()
+    _, variables, x, y = _setup(module, (5,), m=6, seed=1)
+    calls = []
+
+    def apply(v, xx):
+        calls.append(xx.shape)
+        return module.apply(v, xx)
+
+    eng = FisherEngine()
+    first = eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=4)
+    n_first = len(calls)
+    assert n_first > 0
+    v2 = jax.tree_util.tree_map(lambda a: 2.0 * a, variables)
+    again = eng.fisher_diag(apply, v2, x[:5], y[:5], method="fast", microbatch=4)
+    assert len(calls) == n_first
+    assert_tree_close(eng.fisher_diag(apply, variables, x, y, method="fast", microbatch=4), first, rtol=0)
+    assert len(calls) == n_first
+    assert_tree_close(again, fisher_diag(apply, v2, x[:5], y[:5], method="vmap", microbatch=4))
 
 
 FISHER_IMPORTS_SCRIPT = textwrap.dedent("""

@@ -54,10 +54,17 @@ def leaf_names(tree) -> list[str]:
     return out
 
 
-def check_finite(tree, name: str | None = None):
-    """UserError naming the first layer whose Fisher is not finite."""
-    bad = [n for n, a in zip(leaf_names(tree), jax.tree_util.tree_leaves(tree))
-           if not bool(jnp.all(jnp.isfinite(a)))]
+def finite_flags(tree):
+    """One bool per leaf (``tree_leaves`` order): is every value finite?  Traceable: computed inside a
+    jitted function, the host then reads ONE small array instead of one scalar per leaf."""
+    return jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)])
+
+
+def check_finite(tree, name: str | None = None, flags=None):
+    """UserError naming the first layer whose Fisher is not finite (``flags``: its
+    :func:`finite_flags`, when already computed)."""
+    flags = np.asarray(finite_flags(tree) if flags is None else flags)
+    bad = [n for n, ok in zip(leaf_names(tree), flags) if not ok]
     if bad:
         who = f" of {name}" if name else ""
         raise UserError(f"non-finite gradients in the Fisher{who} at layer {bad[0]}: "
@@ -202,11 +209,21 @@ class LRUCache:
         self._data.clear()
 
 
+def shape_signature(variables, x) -> tuple:
+    """Hashable ``(tree structure, leaf shapes and dtypes, example shape)``: what an abstract trace of
+    ``apply(variables, x)`` depends on (values do not matter)."""
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    return (treedef, tuple((tuple(a.shape), str(a.dtype)) for a in leaves), tuple(x.shape[1:]))
+
+
 class FisherCaches:
-    """The engine's state: jitted microbatch steps, Gram block functions and meshes, each an LRU.
+    """The engine's state: jitted microbatch steps, Gram block functions, meshes and the results of
+    abstract traces (layer plans, output widths, the jitted finishing step), each an LRU.
 
     Keys hold the ``apply`` closure, so a cache keeps its networks' apply
-    functions alive until evicted; ``cache_size`` bounds each cache.
+    functions alive until evicted; ``cache_size`` bounds each cache.  Caching
+    the traces matters for small networks, where tracing ``apply`` twice per
+    call (plan and output width) cost as much as computing the Fisher.
     """
 
     def __init__(self, cache_size: int = DEFAULT_CACHE_SIZE):
@@ -214,6 +231,7 @@ class FisherCaches:
         self.steps = LRUCache(cache_size)
         self.block_fns = LRUCache(cache_size)
         self.meshes = LRUCache(cache_size)
+        self.traces = LRUCache(cache_size)
 
     def mesh(self, devices: Sequence | None = None) -> Mesh:
         """:func:`make_mesh` over ``devices``, cached."""
@@ -222,9 +240,15 @@ class FisherCaches:
 
     def cache_sizes(self) -> dict[str, int]:
         """Current number of entries of each cache."""
-        return {"steps": len(self.steps), "block_fns": len(self.block_fns), "meshes": len(self.meshes)}
+        return {"steps": len(self.steps), "block_fns": len(self.block_fns), "meshes": len(self.meshes),
+                "traces": len(self.traces)}
+
+    def output_width(self, apply: Callable, variables, x) -> int:
+        """:func:`output_width`, cached per ``apply`` and :func:`shape_signature`."""
+        key = ("width", apply, shape_signature(variables, x))
+        return self.traces.get_or_build(key, lambda: output_width(apply, variables, x))
 
     def clear(self) -> None:
-        """Drop every cached function and mesh."""
-        for c in (self.steps, self.block_fns, self.meshes):
+        """Drop every cached function, mesh and trace."""
+        for c in (self.steps, self.block_fns, self.meshes, self.traces):
             c.clear()

@@ -53,9 +53,10 @@ from tanas_jax.fisher.core import (
     check_finite,
     check_labels,
     choose_microbatch,
+    finite_flags,
     join_variables,
     labels_and_weights,
-    output_width,
+    shape_signature,
     split_variables,
 )
 from tanas_jax.fisher.fast import Plan, fast_step, layer_sizes, make_plan
@@ -237,13 +238,14 @@ def _validate(x, y, estimator, method, mc_samples, authors, name):
     return x, y
 
 
-def _choose_method(apply, variables, x, method, authors, name) -> tuple[str, Plan | None]:
-    """``(used, plan)``: 'authors', 'fast' (with its plan) or 'vmap'."""
+def _choose_method(caches: FisherCaches, apply, variables, x, method, authors, name) -> tuple[str, Plan | None]:
+    """``(used, plan)``: 'authors', 'fast' (with its plan, cached per apply and shapes) or 'vmap'."""
     if authors:
         return "authors", None
     if method not in ("auto", "fast"):
         return "vmap", None
-    plan = make_plan(apply, variables, x[:1])
+    key = ("plan", apply, shape_signature(variables, x))
+    plan = caches.traces.get_or_build(key, lambda: make_plan(apply, variables, x[:1]))
     if plan.ok:
         return "fast", plan
     if method == "fast":
@@ -261,18 +263,17 @@ def bytes_per_example(plan: Plan | None, n_params: int, labels_per_example: int,
     return 4 * labels_per_example * (3 * n_params + 4 * act_floats + 1)
 
 
-def _labels_per_example(job: _Job, variables) -> int:
+def _labels_per_example(caches: FisherCaches, job: _Job, variables) -> int:
     s = {"empirical": 1, "mc": job.mc_samples, "exact": None}[job.estimator]
     if s is None:  # exact: one label per class
-        s = int(jax.eval_shape(lambda xx: job.apply(variables, xx),
-                               jax.ShapeDtypeStruct((1,) + tuple(job.x.shape[1:]), jnp.float32)).shape[-1])
+        s = caches.output_width(job.apply, variables, job.x)
     return s
 
 
-def _choose_microbatch(job: _Job, variables, microbatch, memory_budget, nd) -> int:
+def _choose_microbatch(caches: FisherCaches, job: _Job, variables, microbatch, memory_budget, nd) -> int:
     """The given microbatch, or the largest that fits ``memory_budget``; a multiple of ``nd``."""
-    s = _labels_per_example(job, variables)
     if microbatch is None:
+        s = _labels_per_example(caches, job, variables)
         if job.used == "fast":
             ml, acts = layer_sizes(job.plan, job.params)
             per = bytes_per_example(job.plan, job.n_params, s, ml, acts)
@@ -384,12 +385,19 @@ def _run(caches: FisherCaches, job: _Job, devs: list, microbatch: int, progress:
         if bar is not None:
             bar.close()
     if job.used == "authors":
-        out = jax.tree_util.tree_map(lambda a: a / n_steps, acc)
-        out = authors_postprocess(out)
+        out = authors_postprocess(jax.tree_util.tree_map(lambda a: a / n_steps, acc))
+        flags = finite_flags(out)
     else:
-        out = jax.tree_util.tree_map(lambda a: a / job.m, acc)
+        out, flags = caches.traces.get_or_build(("finish",), lambda: jax.jit(_finish))(acc, np.float32(job.m))
     out = jax.block_until_ready(out)
-    return out, time.perf_counter() - t0
+    return out, flags, time.perf_counter() - t0
+
+
+def _finish(acc, m):
+    """``(acc / m, finite_flags)`` in one jitted call: one dispatch and one host read per Fisher,
+    not three per leaf (it mattered for small networks)."""
+    out = jax.tree_util.tree_map(lambda a: a / m, acc)
+    return out, finite_flags(out)
 
 
 def _info(job: _Job, microbatch: int, seconds: float, nd: int) -> dict:
@@ -437,16 +445,16 @@ def fisher_diag(apply: Callable, variables, x, y=None, *, estimator: str = "empi
     labels_given = y is not None
     x, y = _validate(x, y, estimator, method, mc_samples, authors, name)
     if labels_given:  # the label rule: nothing clamped (vmap) or dropped (fast); pad_logits for K > C
-        check_labels(y, output_width(apply, variables, x), name)
+        check_labels(y, caches.output_width(apply, variables, x), name)
     params, rest = split_variables(variables)
-    used, plan = _choose_method(apply, variables, x, method, authors, name)
+    used, plan = _choose_method(caches, apply, variables, x, method, authors, name)
     job = _Job(apply, params, rest, x, y, estimator, mc_samples, jax.random.PRNGKey(0) if rng is None else rng,
                used, plan, int(sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))), name)
     devs = list(jax.devices() if devices is None else devices)
-    microbatch = _choose_microbatch(job, variables, microbatch, memory_budget, len(devs))
+    microbatch = _choose_microbatch(caches, job, variables, microbatch, memory_budget, len(devs))
     while True:
         try:
-            out, seconds = _run(caches, job, devs, microbatch, progress)
+            out, flags, seconds = _run(caches, job, devs, microbatch, progress)
             break
         except _Unshardable:
             # jax 0.10.2: vmap of a grouped conv's kernel gradient inside
@@ -454,7 +462,7 @@ def fisher_diag(apply: Callable, variables, x, y=None, *, estimator: str = "empi
             warnings.warn("per-example gradients of grouped convolutions cannot be sharded "
                           "with the vmap path in this jax version; using one device", stacklevel=2)
             devs = devs[:1]
-    check_finite(out, name)
+    check_finite(out, name, flags)
     if return_info:
         return out, _info(job, microbatch, seconds, len(devs))
     return out
