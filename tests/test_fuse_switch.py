@@ -19,12 +19,13 @@ from tanas_jax.search.network import build_network, init_network
 
 SHAPE = (8, 8, 3)
 CFG = FuseConfig(batch_size=16, eval_batch_size=40, learning_rate=1e-3)
-OPS5 = ("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3", "conv_7x1_1x7")
+OPS4 = ("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3")
 A = Genotype(authors_cell_structure().with_ops(
-    ["sep_conv_3x3", "skip_connect", "max_pool_3x3", "conv_7x1_1x7", "skip_connect", "none"]))
-B = Genotype(CellStructure(3, ((0, 1), (0, 2), (1, 2)), "edges").with_ops(["conv_7x1_1x7", "none", "sep_conv_3x3"]))
+    ["sep_conv_3x3", "skip_connect", "max_pool_3x3", "skip_connect", "skip_connect", "none"]))
+B = Genotype(CellStructure(3, ((0, 1), (0, 2), (1, 2)), "edges").with_ops(["max_pool_3x3", "none", "sep_conv_3x3"]))
 C = Genotype(authors_cell_structure().with_ops(
-    ["none", "sep_conv_3x3", "skip_connect", "sep_conv_3x3", "max_pool_3x3", "conv_7x1_1x7"]))
+    ["none", "sep_conv_3x3", "skip_connect", "sep_conv_3x3", "max_pool_3x3", "none"]))
+POOLS = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
 
 
 def _data(n=16, k=3, seed=0):
@@ -78,10 +79,11 @@ def test_switch_step_equals_each_candidate_built_alone():
         mine = fs.candidate(s1, c, g)
         _close(mine["params"], ref[c][0])
         _close(mine["batch_stats"], ref[c][1])
-    # candidate 0 (sep_conv_3x3 on edge 0) never ran conv_7x1_1x7 on edge 0: its slot is still zero
-    assert fs.ops == OPS5
-    slot = s1["params"]["weights"][0]["cell0"]["edge0_0_1"]
-    assert np.all(np.asarray(slot[f"branches_{fs.ops.index('conv_7x1_1x7')}"]["conv_1x7"]["kernel"][0]) == 0)
+    # candidate 2 (none on edge 0) never ran sep_conv_3x3 on edge 0: its slot is still zero (candidate 0's moved)
+    assert fs.ops == OPS4
+    slot = s1["params"]["weights"][0]["cell0"]["edge0_0_1"][f"branches_{OPS4.index('sep_conv_3x3')}"]
+    kern = np.asarray(slot["block1"]["pw"]["kernel"])
+    assert np.all(kern[1] == 0) and np.any(kern[0] != 0)
     assert fs.traces["weights"] == 1
 
 
@@ -94,10 +96,12 @@ def test_one_compile_across_rounds_with_other_candidates():
     data = SimpleNamespace(x_train=x[:40], y_train=y[:40], x_val=x[40:], y_val=y[40:], num_classes=2)
     cfg = FuseConfig(candidates=2, max_stages=1, weight_steps=2, alpha_steps=1, batch_size=16,
                      eval_batch_size=40)
-    r0, _ = run_round([A, C], data, cfg, seed=0, r=0, ops=OPS5)
-    r1, _ = run_round([C, Genotype(authors_cell_structure().with_ops(["max_pool_3x3"] * 6))], data, cfg,
-                      seed=0, r=1, ops=OPS5)
-    steps = compiled_steps([A, C], "tiny", 2, cfg, SHAPE, OPS5)
+    cell = [Genotype(authors_cell_structure().with_ops(ops)) for ops in (
+        ["none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "none", "skip_connect"],
+        ["avg_pool_3x3"] * 6, ["max_pool_3x3"] * 6)]
+    r0, _ = run_round(cell[:2], data, cfg, seed=0, r=0, ops=POOLS)
+    r1, _ = run_round(cell[1:], data, cfg, seed=0, r=1, ops=POOLS)
+    steps = compiled_steps(cell[:2], "tiny", 2, cfg, SHAPE, POOLS)
     assert steps.traces == {"weights": 1, "alpha": 1, "eval": 1}
     assert r0["compile_s"] > 0 and r1["compile_s"] == 0.0
     assert len(runtime.STEP_CACHE) == 1

@@ -10,9 +10,12 @@ Public API::
     softmax_margin(probs) -> float                # leader minus runner-up
     pick_winner(alpha, val_accuracy, rule) -> int # rule: 'alpha' (eq. (10)) | 'val'
     make_fuse_optimizer(cfg) -> optax.GradientTransformationExtraArgs
-    compiled_steps(genotypes, skeleton, num_classes, cfg, input_shape) -> FuseSteps (cached)
-    run_round(candidates, data, cfg, seed, r) -> (record, state)
-    fuse_candidates(candidates, data, cfg, seed=0, *, round_index=0) -> record   # a fixed candidate list
+    op_set(genotypes, ops=None) -> tuple[str, ...]  # the ops an edge switches between, canonical order
+    FuseSteps(genotypes, skeleton, num_classes, cfg, input_shape, ops=None)
+        .init_state(seed_parts, genotypes=None) -> state;  .candidate(state, c, genotype) -> variables
+    compiled_steps(genotypes, skeleton, num_classes, cfg, input_shape, ops=None) -> FuseSteps (cached)
+    run_round(candidates, data, cfg, seed, r, *, ops=None) -> (record, state)
+    fuse_candidates(candidates, data, cfg, seed=0, *, round_index=0, ops=None) -> record   # fixed list
     fuse_search(data, space, cfg, seed, *, final=FinalConfig(), final_data=None,
                 checkpoint_dir=None, log=print) -> dict
 
@@ -32,9 +35,30 @@ the cross-entropy removes, so it is eq. (7) up to float rounding (kept so the
 measurement can be rerun).  All three return
 (B, K) scores whose cross-entropy is the loss, so the steps are the same code.
 
-**Parameters and optimiser.****Parameters and optimiser.**  The C candidates' parameters and α form one
-tree ``{'weights': [cand_0, ..., cand_{C-1}], 'alpha': α (C,)}`` optimised by
-ONE ``optax.multi_transform`` with labels ``weights``/``alpha`` (Adam each).
+**One compiled step per space.**  The candidates' *ops are data*: every edge
+of a :class:`~tanas_jax.search.network.SwitchNetwork` holds every op of the
+space's op set and runs the one its candidate chose (``lax.switch`` on an
+op-index array, ``state['choice']``); the candidates that share a cell
+structure run one after the other in a ``lax.scan`` (never ``vmap``, which
+turns a switch into a select that runs every op).  So the steps are compiled
+once per (cell structures, op set, skeleton, classes, shapes, settings) and
+every later round -- new candidates of the same space -- reuses them (a
+search passes its space's op set; :func:`fuse_candidates` defaults to the
+candidates' own ops).  A candidate is the same network as its own
+:class:`~tanas_jax.search.network.CellNetwork`: its initial weights are
+exactly that network's (``SeedSequence([*seed_parts, c])``), scattered into
+the switch tree (op ``o`` of edge ``e`` under ``edge.../branches_{j}``,
+``j`` = o's index in the op set); the ops it does not use are never run,
+get zero gradients, so zero Adam updates, and keep their constants.  Its
+loss and updates equal the per-network ones to float rounding (XLA fuses a
+branch inside a scan differently; ``tests/test_fuse_switch.py``).
+
+**Parameters and optimiser.**  The C candidates' parameters and α form one
+tree ``{'weights': [group_0, ...], 'alpha': α (C,)}`` (a group: the switch
+trees of the candidates of one cell structure stacked on a leading axis, in
+candidate order; one group unless the space has several structures)
+optimised by ONE ``optax.multi_transform`` with labels ``weights``/``alpha``
+(Adam each).
 Each partition's transform is wrapped in :func:`phase_gated`: the phase is an
 extra argument of ``update`` (``phase='weights'`` or ``'alpha'``); the other
 partition gets a zero update *and keeps its optimiser state untouched* (Adam's
@@ -47,8 +71,8 @@ w.r.t. α only — eq. (9) — candidates in train-mode BN (batch statistics, as
 DARTS' architecture step) with their running statistics left unchanged; no
 backward pass through the candidates.  Each step computes all C candidates in
 one jitted function, compiled ahead of time (``jit(...).lower().compile()``,
-timed and reported as ``compile_s``) and cached by (genotypes, skeleton,
-classes, shapes, settings) in the runtime's bounded step cache and, when the
+timed with the switch network's shape tracing and reported as ``compile_s``) and cached by (cell
+structures, op set, skeleton, classes, shapes, settings) in the runtime's bounded step cache and, when the
 entry point turned on the persistent compilation cache (``fuse.compilation_cache``,
 quick preset: ``~/.cache/tanas_jax/xla``; see
 :func:`tanas_jax.search.runtime.enable_compilation_cache`), on disk, so a rerun

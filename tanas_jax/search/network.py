@@ -8,8 +8,15 @@ Public API (stable; DARTS/TETLO reuse it)::
     CellNetwork(genotype, skeleton, num_classes)    # __call__(x, train) -> logits
     init_network(genotype, skeleton, num_classes, rng, input_shape) -> variables
     make_apply(genotype, skeleton, num_classes) -> apply(variables, x) -> logits (eval)
-    param_count(variables_or_params) -> int
+    param_count(variables_or_params_or_shapes) -> int
     seed_sequence(int | key | uint32 array) -> np.random.SeedSequence
+    network_shapes(genotype, skeleton, num_classes, input_shape) -> ShapeDtypeStruct tree (cached)
+
+    # every genotype of given cell structures in one network, each edge's op chosen at run time (FUSE)
+    SwitchEdge(ops, C, stride);  SwitchNetwork(normal, reduce, ops, skeleton, num_classes)
+        # __call__(x, choice, train), choice = op_choice(genotype, ops, skeleton): (cells, edges) int32
+    cell_structures(genotype) -> (normal, reduce);  switch_shapes(genotype, ops, skeleton, classes, shape)
+    to_switch_variables(variables, genotype, ops, skeleton, shapes) / from_switch_variables(...)
 
 **Skeleton**: ``stem -> cells[0..N-1] -> head``.
 
