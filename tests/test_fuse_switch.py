@@ -106,3 +106,32 @@ def test_one_compile_across_rounds_with_other_candidates():
     assert r0["compile_s"] > 0 and r1["compile_s"] == 0.0
     assert len(runtime.STEP_CACHE) == 1
     assert r1["params"][1] == 8 * 8 * 9 * 2 + 2   # all-pool cell: the head only (flatten of 3 edges x 3 ch)
+
+
+def test_random_search_candidates_share_one_switch_step():
+    """Random search trains each candidate alone in the space's switch network: one compiled step for all
+    candidates and the final training; a candidate's trained weights equal its own CellNetwork trained by
+    the same protocol to float rounding."""
+    from types import SimpleNamespace
+
+    from tanas_jax.config import FinalConfig
+    from tanas_jax.search.random_search import candidate_recipe, random_search
+    from tanas_jax.search.spaces import SearchSpace
+
+    x, y = _data(60, 2, 2)
+    data = SimpleNamespace(x_train=x[:40], y_train=y[:40], x_val=x[40:], y_val=y[40:], x_test=x[40:],
+                           y_test=y[40:], num_classes=2)
+    recipe = FinalConfig(steps=3, batch_size=16, eval_batch_size=40)
+    plain, s_plain, _ = runtime.train_single(A, data, recipe, [4, 5], 3)
+    switch, s_switch, _ = runtime.train_single(A, data, recipe, [4, 5], 3, OPS4)
+    assert switch.ops == OPS4 and plain.ops is None
+    mine = switch.variables(s_switch, A)
+    _close(mine["params"], s_plain["params"])
+    _close(mine["batch_stats"], s_plain["batch_stats"])
+    space = SearchSpace("ops4", OPS4, (authors_cell_structure(),))
+    cfg = FuseConfig(candidates=2, rounds=2, max_stages=1, weight_steps=2, batch_size=16, eval_batch_size=40)
+    res = random_search(data, space, cfg, seed=0, final=recipe, log=lambda m: None)
+    assert len(res["evaluations"]) == 4 and len({str(e["genotype"]) for e in res["evaluations"]}) == 4
+    steps = runtime.single_steps(A, 2, candidate_recipe(cfg, 2), SHAPE, OPS4)   # the final's recipe: same key
+    assert steps.traces == {"weights": 1, "eval": 1}
+    assert sum(e["compile_s"] > 0 for e in res["evaluations"]) <= 1 and res["final"]["compile_s"] == 0.0

@@ -10,7 +10,6 @@ Public API::
     softmax_margin(probs) -> float                # leader minus runner-up
     pick_winner(alpha, val_accuracy, rule) -> int # rule: 'alpha' (eq. (10)) | 'val'
     make_fuse_optimizer(cfg) -> optax.GradientTransformationExtraArgs
-    op_set(genotypes, ops=None) -> tuple[str, ...]  # the ops an edge switches between, canonical order
     FuseSteps(genotypes, skeleton, num_classes, cfg, input_shape, ops=None)
         .init_state(seed_parts, genotypes=None) -> state;  .candidate(state, c, genotype) -> variables
     compiled_steps(genotypes, skeleton, num_classes, cfg, input_shape, ops=None) -> FuseSteps (cached)
@@ -118,7 +117,7 @@ import optax
 from tanas_jax.config import FinalConfig, FuseConfig, to_dict
 from tanas_jax.errors import UserError
 from tanas_jax.search import checkpoint as ckpt
-from tanas_jax.search.genotype import OPS, Genotype, canonical_op
+from tanas_jax.search.genotype import Genotype
 from tanas_jax.search.network import (
     SwitchNetwork,
     cell_structures,
@@ -127,6 +126,7 @@ from tanas_jax.search.network import (
     init_network,
     network_shapes,
     op_choice,
+    op_set,
     param_count,
     switch_shapes,
     to_switch_variables,
@@ -261,15 +261,6 @@ def _step_fns(steps, tx, mix: Callable):
         return jnp.argmax(logits, -1).T, jnp.argmax(mixed, -1)   # (B, C), (B,)
 
     return {"weights": weight_step, "alpha": alpha_step, "eval": eval_step}
-
-
-def op_set(genotypes: Sequence[Genotype], ops: Sequence[str] | None = None) -> tuple[str, ...]:
-    """``ops`` (default: the genotypes' own ops) in :data:`~tanas_jax.search.genotype.OPS` order."""
-    used = {o for g in genotypes for o in g.ops}
-    want = used if ops is None else {canonical_op(o) for o in ops}
-    if not used <= want:
-        raise UserError(f"fuse: candidate ops {sorted(used - want)} are outside the op set {sorted(want)}")
-    return tuple(o for o in OPS if o in want)
 
 
 class FuseSteps(CompiledSteps):
@@ -514,5 +505,6 @@ def fuse_search(data, space, cfg: FuseConfig, seed: int = 0, *, final: FinalConf
         "resumed_from_round": start if start else None,
     }
     if final is not None:
-        result["final"] = train_final(winner, final_data if final_data is not None else data, final, seed)
+        result["final"] = train_final(winner, final_data if final_data is not None else data, final, seed,
+                                      space.ops)
     return result

@@ -15,7 +15,8 @@ Public API (stable; DARTS/TETLO reuse it)::
     # every genotype of given cell structures in one network, each edge's op chosen at run time (FUSE)
     SwitchEdge(ops, C, stride);  SwitchNetwork(normal, reduce, ops, skeleton, num_classes)
         # __call__(x, choice, train), choice = op_choice(genotype, ops, skeleton): (cells, edges) int32
-    cell_structures(genotype) -> (normal, reduce);  switch_shapes(genotype, ops, skeleton, classes, shape)
+    op_set(genotypes, ops=None) -> ops in canonical order;  cell_structures(genotype) -> (normal, reduce)
+    switch_shapes(genotype, ops, skeleton, classes, shape)
     to_switch_variables(variables, genotype, ops, skeleton, shapes) / from_switch_variables(...)
 
 **Skeleton**: ``stem -> cells[0..N-1] -> head``.
@@ -53,7 +54,7 @@ import numpy as np
 
 from tanas_jax.errors import UserError
 from tanas_jax.layers import Conv
-from tanas_jax.search.genotype import Cell, CellStructure, Genotype
+from tanas_jax.search.genotype import OPS, Cell, CellStructure, Genotype, canonical_op
 from tanas_jax.search.ops import ReLUConvBN, make_op
 
 
@@ -327,6 +328,16 @@ class SwitchNetwork(nn.Module):
         x = nn.relu(x)
         x = x.reshape(x.shape[0], -1) if sk.head == "flatten" else x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x)
+
+
+def op_set(genotypes: Sequence[Genotype], ops: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``ops`` (default: the genotypes' own ops) in :data:`~tanas_jax.search.genotype.OPS` order: the ops a
+    :class:`SwitchNetwork` edge switches between."""
+    used = {o for g in genotypes for o in g.ops}
+    want = used if ops is None else {canonical_op(o) for o in ops}
+    if not used <= want:
+        raise UserError(f"candidate ops {sorted(used - want)} are outside the op set {sorted(want)}")
+    return tuple(o for o in OPS if o in want)
 
 
 def cell_structures(genotype: Genotype) -> tuple[CellStructure, CellStructure]:
