@@ -293,7 +293,7 @@ class SwitchEdge(nn.Module):
         self.branches = [make_op(o, self.C, self.stride) for o in self.ops]
 
     def __call__(self, x, index, train: bool = False):
-        fns = [lambda mdl, x, j=j: mdl.branches[j](x, train) for j in range(len(self.ops))]
+        fns = [nn.checkpoint(lambda mdl, x, j=j: mdl.branches[j](x, train)) for j in range(len(self.ops))]
         if self.is_initializing():
             for f in fns:   # every branch makes its variables
                 f(self, x)
