@@ -283,7 +283,8 @@ class SwitchEdge(nn.Module):
     """An edge holding every op of ``ops`` (submodule ``branches_j`` is ``ops[j]``, built by
     :func:`~tanas_jax.search.ops.make_op` exactly as a genotype's edge); ``__call__(x, index, train)`` runs
     op ``index`` only (``lax.switch``, lifted by flax): the other ops' parameters get zero gradients and
-    their BatchNorm statistics stay as they are."""
+    their BatchNorm statistics stay as they are.  Each branch is rematerialised in the backward pass
+    (``nn.checkpoint``): otherwise the switch's backward carries every branch's residuals, zero-filled."""
 
     ops: tuple[str, ...]
     C: int
