@@ -7,8 +7,9 @@ Reports (one run, same machine, same batch): median time of the FUSE weight
 step (all C candidates in one jitted function, the mixture loss), the sum of
 the medians of each candidate's own weight step (C = 1, plain CE), their ratio
 (target <= 1.1), the α step, compile times, and with ``--round`` the wall time
-of one FUSE round with the config's stage settings.  Prints a table and writes
-``OUT/fuse_step.json``.  ``bin/bench fuse`` calls :func:`main`.
+of two FUSE rounds with the config's stage settings and other candidates each (the second round reuses
+the first one's executables: the candidates' ops are data of one compiled step per space; its compile
+time is 0).  Prints a table and writes ``OUT/fuse_step.json``.  ``bin/bench fuse`` calls :func:`main`.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     x = rng.random((args.batch, *shape), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
 
-    joint = FuseSteps(cands, args.skeleton, 10, cfg, shape)
+    joint = FuseSteps(cands, args.skeleton, 10, cfg, shape, space.ops)   # the space's ops, as a search
     sj = joint.init_state([args.seed, 0, 1])
     t_joint = _median_time(lambda: joint.weight_step(sj, x, y), args.repeats)
     t_alpha = _median_time(lambda: joint.alpha_step(sj, x, y), args.repeats)
@@ -95,13 +96,16 @@ def main(argv=None) -> int:
         qcfg = from_section(FuseConfig, load_config("quick").fuse, candidates=args.candidates,
                             batch_size=args.batch, skeleton=args.skeleton)
         enable_compilation_cache(qcfg.compilation_cache)
-        others = space.sample_distinct(stream(args.seed, 1, 0), args.candidates - 1, exclude=cands[:1])
-        rec, _ = run_round([cands[0]] + others, data, qcfg, args.seed, 1)
-        res["round"] = {"wall_s": rec["wall_s"], "compile_s": rec["compile_s"], "stages": rec["stages"],
-                        "weight_steps_per_stage": qcfg.weight_steps, "alpha_steps_per_stage": qcfg.alpha_steps,
-                        "data": data.record()}
-        rows.append(("round wall time (quick stages)", f"{rec['wall_s']:.1f} s (compile {rec['compile_s']:.1f} s, "
-                                                        f"{rec['stages']} stages)"))
+        recs = []
+        for r in (1, 2):
+            others = space.sample_distinct(stream(args.seed, r, 0), args.candidates - 1, exclude=cands[:1])
+            recs.append(run_round([cands[0]] + others, data, qcfg, args.seed, r, ops=space.ops)[0])
+            rows.append((f"round {r} wall time (quick stages)", f"{recs[-1]['wall_s']:.1f} s (compile "
+                         f"{recs[-1]['compile_s']:.1f} s, {recs[-1]['stages']} stages)"))
+        res["rounds"] = [{"wall_s": rec["wall_s"], "compile_s": rec["compile_s"], "stages": rec["stages"]}
+                         for rec in recs]
+        res["round_settings"] = {"weight_steps_per_stage": qcfg.weight_steps,
+                                 "alpha_steps_per_stage": qcfg.alpha_steps, "data": data.record()}
     w = max(len(r[0]) for r in rows)
     print(f"FUSE step, space {space.name}, C={args.candidates}, batch {args.batch}, {shape}, skeleton {args.skeleton}")
     for k, v in rows:

@@ -10,9 +10,11 @@ Public API::
     softmax_margin(probs) -> float                # leader minus runner-up
     pick_winner(alpha, val_accuracy, rule) -> int # rule: 'alpha' (eq. (10)) | 'val'
     make_fuse_optimizer(cfg) -> optax.GradientTransformationExtraArgs
-    compiled_steps(genotypes, skeleton, num_classes, cfg, input_shape) -> FuseSteps (cached)
-    run_round(candidates, data, cfg, seed, r) -> (record, state)
-    fuse_candidates(candidates, data, cfg, seed=0, *, round_index=0) -> record   # a fixed candidate list
+    FuseSteps(genotypes, skeleton, num_classes, cfg, input_shape, ops=None)
+        .init_state(seed_parts, genotypes=None) -> state;  .candidate(state, c, genotype) -> variables
+    compiled_steps(genotypes, skeleton, num_classes, cfg, input_shape, ops=None) -> FuseSteps (cached)
+    run_round(candidates, data, cfg, seed, r, *, ops=None) -> (record, state)
+    fuse_candidates(candidates, data, cfg, seed=0, *, round_index=0, ops=None) -> record   # fixed list
     fuse_search(data, space, cfg, seed, *, final=FinalConfig(), final_data=None,
                 checkpoint_dir=None, log=print) -> dict
 
@@ -32,9 +34,32 @@ the cross-entropy removes, so it is eq. (7) up to float rounding (kept so the
 measurement can be rerun).  All three return
 (B, K) scores whose cross-entropy is the loss, so the steps are the same code.
 
-**Parameters and optimiser.****Parameters and optimiser.**  The C candidates' parameters and α form one
-tree ``{'weights': [cand_0, ..., cand_{C-1}], 'alpha': α (C,)}`` optimised by
-ONE ``optax.multi_transform`` with labels ``weights``/``alpha`` (Adam each).
+**One compiled step per space.**  The candidates' *ops are data*: every edge
+of a :class:`~tanas_jax.search.network.SwitchNetwork` holds every op of the
+space's op set and runs the one its candidate chose (``lax.switch`` on an
+op-index array, ``state['choice']``); the candidates that share a cell
+structure run one after the other in a ``lax.scan`` (never ``vmap``, which
+turns a switch into a select that runs every op); each branch is wrapped in
+``jax.checkpoint`` (the backward of a switch otherwise carries zero-filled
+residuals of every branch: 2.3x the separate steps' time, 1.15x with it).  So the steps are compiled
+once per (cell structures, op set, skeleton, classes, shapes, settings) and
+every later round -- new candidates of the same space -- reuses them (a
+search passes its space's op set; :func:`fuse_candidates` defaults to the
+candidates' own ops).  A candidate is the same network as its own
+:class:`~tanas_jax.search.network.CellNetwork`: its initial weights are
+exactly that network's (``SeedSequence([*seed_parts, c])``), scattered into
+the switch tree (op ``o`` of edge ``e`` under ``edge.../branches_{j}``,
+``j`` = o's index in the op set); the ops it does not use are never run,
+get zero gradients, so zero Adam updates, and keep their constants.  Its
+loss and updates equal the per-network ones to float rounding (XLA fuses a
+branch inside a scan differently; ``tests/test_fuse_switch.py``).
+
+**Parameters and optimiser.**  The C candidates' parameters and α form one
+tree ``{'weights': [group_0, ...], 'alpha': α (C,)}`` (a group: the switch
+trees of the candidates of one cell structure stacked on a leading axis, in
+candidate order; one group unless the space has several structures)
+optimised by ONE ``optax.multi_transform`` with labels ``weights``/``alpha``
+(Adam each).
 Each partition's transform is wrapped in :func:`phase_gated`: the phase is an
 extra argument of ``update`` (``phase='weights'`` or ``'alpha'``); the other
 partition gets a zero update *and keeps its optimiser state untouched* (Adam's
@@ -47,8 +72,8 @@ w.r.t. α only — eq. (9) — candidates in train-mode BN (batch statistics, as
 DARTS' architecture step) with their running statistics left unchanged; no
 backward pass through the candidates.  Each step computes all C candidates in
 one jitted function, compiled ahead of time (``jit(...).lower().compile()``,
-timed and reported as ``compile_s``) and cached by (genotypes, skeleton,
-classes, shapes, settings) in the runtime's bounded step cache and, when the
+timed with the switch network's shape tracing and reported as ``compile_s``) and cached by (cell
+structures, op set, skeleton, classes, shapes, settings) in the runtime's bounded step cache and, when the
 entry point turned on the persistent compilation cache (``fuse.compilation_cache``,
 quick preset: ``~/.cache/tanas_jax/xla``; see
 :func:`tanas_jax.search.runtime.enable_compilation_cache`), on disk, so a rerun
@@ -84,6 +109,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +120,19 @@ from tanas_jax.config import FinalConfig, FuseConfig, to_dict
 from tanas_jax.errors import UserError
 from tanas_jax.search import checkpoint as ckpt
 from tanas_jax.search.genotype import Genotype
-from tanas_jax.search.network import build_network, get_skeleton, init_network, param_count
+from tanas_jax.search.network import (
+    SwitchNetwork,
+    cell_structures,
+    from_switch_variables,
+    get_skeleton,
+    init_network,
+    network_shapes,
+    op_choice,
+    op_set,
+    param_count,
+    switch_shapes,
+    to_switch_variables,
+)
 from tanas_jax.search.runtime import (
     DEFAULT_FINAL,
     STEP_CACHE,
@@ -163,48 +201,64 @@ def make_fuse_optimizer(cfg: FuseConfig) -> optax.GradientTransformationExtraArg
 
 
 # --- compiled steps -----------------------------------------------------------------------
-def _forward(nets, weights, bstats, x, train):
-    """All C candidates on ``x``: logits (C, B, K) and their (train mode: updated) BN statistics."""
-    outs, new_bs = [], []
-    for net, w, bs in zip(nets, weights, bstats):
+def _stack(trees: Sequence) -> Any:
+    return jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *trees)
+
+
+def _scan_group(net, w, bs, ch, x, train: bool):
+    """One structure group's candidates, one after the other (``lax.scan``; the op switch stays a real
+    branch, never a select of every op as under ``vmap``): logits (n, B, K) and (train) new statistics."""
+
+    def one(_, wbc):
+        w1, b1, c1 = wbc
         if train:
-            y, upd = net.apply({"params": w, "batch_stats": bs}, x, train=True, mutable=["batch_stats"])
-            new_bs.append(upd["batch_stats"])
-        else:
-            y = net.apply({"params": w, "batch_stats": bs}, x, train=False)
-            new_bs.append(bs)
+            y, upd = net.apply({"params": w1, "batch_stats": b1}, x, c1, train=True, mutable=["batch_stats"])
+            return None, (y, upd.get("batch_stats", {}))
+        return None, (net.apply({"params": w1, "batch_stats": b1}, x, c1, train=False), b1)
+
+    _, (y, nbs) = jax.lax.scan(one, None, (w, bs, ch))
+    return y, nbs
+
+
+def _forward(steps, weights, bstats, choice, x, train):
+    """All C candidates on ``x``: logits (C, B, K) in candidate order and their (train mode: updated) BN
+    statistics, per structure group."""
+    outs, new_bs = [], []
+    for net, w, bs, ch in zip(steps.nets, weights, bstats, choice):
+        y, nbs = _scan_group(net, w, bs, ch, x, train)
         outs.append(y)
-    return jnp.stack(outs), new_bs
+        new_bs.append(nbs if train else bs)
+    logits = outs[0] if len(outs) == 1 else jnp.concatenate(outs)
+    return (logits if steps.in_order else logits[steps.order]), new_bs
 
 
-def _step_fns(nets, tx, mix: Callable):
-    """The pure weight (eq. 8), α (eq. 9) and eval steps of one candidate list; ``mix`` is one of
-    :data:`MIXTURES` (eq. (7) for ``logits``)."""
+def _step_fns(steps, tx, mix: Callable):
+    """The pure weight (eq. 8), α (eq. 9) and eval steps of a :class:`FuseSteps`; ``mix`` is one of
+    :data:`MIXTURES` (eq. (7) for ``logits``).  The candidates' ops are data: ``state['choice']``."""
 
     def weight_step(state, x, y):
         params = state["params"]
 
         def loss_fn(w):
-            logits, nbs = _forward(nets, w, state["batch_stats"], x, True)
+            logits, nbs = _forward(steps, w, state["batch_stats"], state["choice"], x, True)
             return cross_entropy(mix(params["alpha"], logits), y), nbs
 
         (loss, nbs), gw = jax.value_and_grad(loss_fn, has_aux=True)(params["weights"])
         grads = {"weights": gw, "alpha": jnp.zeros_like(params["alpha"])}
         upd, opt = tx.update(grads, state["opt"], params, phase_name="weights")
-        return {"params": optax.apply_updates(params, upd), "batch_stats": nbs, "opt": opt}, loss
+        return {**state, "params": optax.apply_updates(params, upd), "batch_stats": nbs, "opt": opt}, loss
 
     def alpha_step(state, x, y):
         params = state["params"]
-        logits, _ = _forward(nets, params["weights"], state["batch_stats"], x, True)
+        logits, _ = _forward(steps, params["weights"], state["batch_stats"], state["choice"], x, True)
         logits = jax.lax.stop_gradient(logits)
         loss, ga = jax.value_and_grad(lambda a: cross_entropy(mix(a, logits), y))(params["alpha"])
         grads = {"weights": jax.tree_util.tree_map(jnp.zeros_like, params["weights"]), "alpha": ga}
         upd, opt = tx.update(grads, state["opt"], params, phase_name="alpha")
-        return {"params": optax.apply_updates(params, upd), "batch_stats": state["batch_stats"],
-                "opt": opt}, loss
+        return {**state, "params": optax.apply_updates(params, upd), "opt": opt}, loss
 
     def eval_step(state, x):
-        logits, _ = _forward(nets, state["params"]["weights"], state["batch_stats"], x, False)
+        logits, _ = _forward(steps, state["params"]["weights"], state["batch_stats"], state["choice"], x, False)
         mixed = mix(state["params"]["alpha"], logits)
         return jnp.argmax(logits, -1).T, jnp.argmax(mixed, -1)   # (B, C), (B,)
 
@@ -212,31 +266,64 @@ def _step_fns(nets, tx, mix: Callable):
 
 
 class FuseSteps(CompiledSteps):
-    """Compiled weight/α/eval steps for one candidate list (see module docstring)."""
+    """Compiled weight/α/eval steps for every candidate list whose cells have the structures of
+    ``genotypes`` (see module docstring): the ops are data (``state['choice']``), so a new round's
+    candidates reuse the executables.  ``ops`` (default: the genotypes' own ops; a search passes its
+    space's) are the ops an edge can switch between, in canonical order (:func:`op_set`)."""
 
     def __init__(self, genotypes: Sequence[Genotype], skeleton, num_classes: int, cfg: FuseConfig,
-                 input_shape):
+                 input_shape, ops: Sequence[str] | None = None):
         super().__init__()
+        t = time.perf_counter()
         self.genotypes = tuple(genotypes)
+        self.structures = tuple(cell_structures(g) for g in self.genotypes)
+        self.ops = op_set(self.genotypes, ops)
         self.skeleton = get_skeleton(skeleton)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(input_shape)
         self.cfg = cfg
         self.tx = make_fuse_optimizer(cfg)
-        self.nets = [build_network(g, self.skeleton, num_classes) for g in self.genotypes]
-        for name, fn in _step_fns(self.nets, self.tx, MIXTURES[cfg.mixture]).items():
+        kinds = list(dict.fromkeys(self.structures))
+        self.groups = tuple(tuple(c for c, s in enumerate(self.structures) if s == k) for k in kinds)
+        first = [self.genotypes[g[0]] for g in self.groups]
+        self.nets = [SwitchNetwork(*k, self.ops, self.skeleton, self.num_classes) for k in kinds]
+        self.shapes = [switch_shapes(g, self.ops, self.skeleton, num_classes, self.input_shape) for g in first]
+        self.order = np.argsort([c for g in self.groups for c in g])
+        self.in_order = bool(np.all(self.order == np.arange(len(self.order))))
+        for name, fn in _step_fns(self, self.tx, MIXTURES[cfg.mixture]).items():
             self.register(name, fn)
+        self.compile_s += time.perf_counter() - t   # tracing the switch network's shapes
 
-    def init_state(self, seed_parts: Sequence[int]) -> dict:
-        """Fresh weights (candidate c from SeedSequence([*seed_parts, c])), α = 0, optimiser state."""
-        variables = [init_network(g, self.skeleton, self.num_classes,
-                                  np.random.SeedSequence([*seed_parts, c]).generate_state(2),
-                                  self.input_shape)
-                     for c, g in enumerate(self.genotypes)]
-        params = {"weights": [v["params"] for v in variables],
-                  "alpha": jnp.zeros((len(self.genotypes),), jnp.float32)}
-        bstats = [v.get("batch_stats", {}) for v in variables]
-        return {"params": params, "batch_stats": bstats, "opt": self.tx.init(params)}
+    def _where(self, c: int) -> tuple[int, int]:
+        return next((gi, g.index(c)) for gi, g in enumerate(self.groups) if c in g)
+
+    def init_state(self, seed_parts: Sequence[int], genotypes: Sequence[Genotype] | None = None) -> dict:
+        """Fresh weights of ``genotypes`` (default: those of the constructor; same structures): candidate c
+        from ``SeedSequence([*seed_parts, c])`` exactly as its own :func:`init_network`, α = 0, optimiser
+        state, and each candidate's op choice."""
+        genotypes = self.genotypes if genotypes is None else tuple(genotypes)
+        if tuple(cell_structures(g) for g in genotypes) != self.structures:
+            raise ValueError("FuseSteps.init_state: candidates with other cell structures than the steps")
+        sw = [to_switch_variables(init_network(g, self.skeleton, self.num_classes,
+                                               np.random.SeedSequence([*seed_parts, c]).generate_state(2),
+                                               self.input_shape),
+                                  g, self.ops, self.skeleton, self.shapes[self._where(c)[0]])
+              for c, g in enumerate(genotypes)]
+        params = {"weights": [_stack([sw[c]["params"] for c in g]) for g in self.groups],
+                  "alpha": jnp.zeros((len(genotypes),), jnp.float32)}
+        return {"params": params, "batch_stats": [_stack([sw[c].get("batch_stats", {}) for c in g])
+                                                  for g in self.groups],
+                "choice": [jnp.asarray(np.stack([op_choice(genotypes[c], self.ops, self.skeleton) for c in g]))
+                           for g in self.groups],
+                "opt": self.tx.init(params)}
+
+    def candidate(self, state, c: int, genotype: Genotype) -> dict:
+        """Candidate c's variables ``{'params', 'batch_stats'}`` as its own :class:`CellNetwork` holds them."""
+        gi, pos = self._where(c)
+        tree = {"params": state["params"]["weights"][gi], "batch_stats": state["batch_stats"][gi]}
+        mine = jax.tree_util.tree_map(lambda a: a[pos], tree)
+        return from_switch_variables(mine, genotype, self.ops, self.skeleton,
+                                     network_shapes(genotype, self.skeleton, self.num_classes, self.input_shape))
 
     def weight_step(self, state, x, y):
         return self.call("weights", state, x, y)
@@ -252,12 +339,14 @@ class FuseSteps(CompiledSteps):
 
 
 def compiled_steps(genotypes: Sequence[Genotype], skeleton, num_classes: int, cfg: FuseConfig,
-                   input_shape) -> FuseSteps:
-    """The cached :class:`FuseSteps` (the runtime's step cache) of a candidate list and settings."""
+                   input_shape, ops: Sequence[str] | None = None) -> FuseSteps:
+    """The cached :class:`FuseSteps` (the runtime's step cache) of the candidates' cell structures, the op
+    set and the settings: candidate lists that differ only in their ops share it."""
     sk = get_skeleton(skeleton)
-    key = ("fuse", tuple(g.key() for g in genotypes), sk, int(num_classes), tuple(input_shape),
+    ops = op_set(genotypes, ops)
+    key = ("fuse", tuple(cell_structures(g) for g in genotypes), ops, sk, int(num_classes), tuple(input_shape),
            cfg.batch_size, cfg.eval_batch_size, cfg.learning_rate, cfg.alpha_learning_rate, cfg.mixture)
-    return STEP_CACHE.get(key, lambda: FuseSteps(genotypes, sk, num_classes, cfg, input_shape))
+    return STEP_CACHE.get(key, lambda: FuseSteps(genotypes, sk, num_classes, cfg, input_shape, ops))
 
 
 # --- one round ------------------------------------------------------------------------------
@@ -290,17 +379,20 @@ def _stages(steps: FuseSteps, state, train: BatchStream, val: BatchStream, cfg: 
     return state, probs, losses, "max_stages"
 
 
-def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, r: int) -> tuple[dict, dict]:
+def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, r: int, *,
+              ops: Sequence[str] | None = None) -> tuple[dict, dict]:
     """Train the C candidates jointly until the round stops (see :func:`_stages`); returns (record, state).
+    ``ops``: the op set the compiled step switches between (the search space's; default: the candidates'
+    own ops).
 
     The record holds α, softmax(α) per stage, the final ``margin`` and ``stop_reason``, and each
     candidate's own validation accuracy (``val_accuracy``: evaluated alone, eval-mode BatchNorm, with
     the weights it has inside the mixture); ``winner`` follows ``cfg.winner``.
     """
     t0 = time.perf_counter()
-    steps = compiled_steps(candidates, cfg.skeleton, data.num_classes, cfg, input_shape_of(data))
+    steps = compiled_steps(candidates, cfg.skeleton, data.num_classes, cfg, input_shape_of(data), ops)
     compile_before = steps.compile_s
-    state = steps.init_state([seed, r, 1])
+    state = steps.init_state([seed, r, 1], candidates)
     bgen = rng(seed, r, 2)
     train = BatchStream(data.x_train, data.y_train, cfg.batch_size, bgen)
     val = BatchStream(data.x_val, data.y_val, cfg.batch_size, bgen)
@@ -324,7 +416,8 @@ def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, 
         "val_winner": pick_winner(alpha, cand_acc, "val"),
         "val_accuracy": cand_acc.tolist(),
         "mixture_val_accuracy": mix_acc,
-        "params": [param_count(w) for w in state["params"]["weights"]],
+        "params": [param_count(network_shapes(g, steps.skeleton, steps.num_classes, steps.input_shape))
+                   for g in candidates],
         "compile_s": steps.compile_s - compile_before,
         "wall_s": time.perf_counter() - t0,
     }
@@ -332,13 +425,13 @@ def run_round(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int, 
 
 
 def fuse_candidates(candidates: Sequence[Genotype], data, cfg: FuseConfig, seed: int = 0, *,
-                    round_index: int = 0) -> dict:
+                    round_index: int = 0, ops: Sequence[str] | None = None) -> dict:
     """One FUSE round over a FIXED candidate list (no sampling, no final training): the round's record
     (see :func:`run_round`), e.g. to test the selector on hand-picked cells.  The compiled steps are
-    cached per (candidates, shapes, settings), so seeds after the first reuse them."""
+    cached per (cell structures, op set, shapes, settings), so seeds after the first reuse them."""
     if len(candidates) < 2:
         raise UserError(f"fuse_candidates: needs at least 2 candidates to compare, got {len(candidates)}")
-    rec, _ = run_round(list(candidates), data, cfg, seed, round_index)
+    rec, _ = run_round(list(candidates), data, cfg, seed, round_index, ops=ops)
     return rec
 
 
@@ -370,7 +463,7 @@ def _rounds(data, space, cfg: FuseConfig, seed: int, fp: str, checkpoint_dir, lo
             t = time.perf_counter()
             others = space.sample_distinct(rng(seed, r, 0), cfg.candidates - 1, exclude=[seed_geno])
             candidates = [seed_geno] + others
-            rec, state = run_round(candidates, data, cfg, seed, r)
+            rec, state = run_round(candidates, data, cfg, seed, r, ops=space.ops)
             seed_geno = candidates[rec["winner"]]
             history.append(rec)
             search_s += time.perf_counter() - t
@@ -414,5 +507,6 @@ def fuse_search(data, space, cfg: FuseConfig, seed: int = 0, *, final: FinalConf
         "resumed_from_round": start if start else None,
     }
     if final is not None:
-        result["final"] = train_final(winner, final_data if final_data is not None else data, final, seed)
+        result["final"] = train_final(winner, final_data if final_data is not None else data, final, seed,
+                                      space.ops)
     return result

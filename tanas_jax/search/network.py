@@ -8,8 +8,16 @@ Public API (stable; DARTS/TETLO reuse it)::
     CellNetwork(genotype, skeleton, num_classes)    # __call__(x, train) -> logits
     init_network(genotype, skeleton, num_classes, rng, input_shape) -> variables
     make_apply(genotype, skeleton, num_classes) -> apply(variables, x) -> logits (eval)
-    param_count(variables_or_params) -> int
+    param_count(variables_or_params_or_shapes) -> int
     seed_sequence(int | key | uint32 array) -> np.random.SeedSequence
+    network_shapes(genotype, skeleton, num_classes, input_shape) -> ShapeDtypeStruct tree (cached)
+
+    # every genotype of given cell structures in one network, each edge's op chosen at run time (FUSE)
+    SwitchEdge(ops, C, stride);  SwitchNetwork(normal, reduce, ops, skeleton, num_classes)
+        # __call__(x, choice, train), choice = op_choice(genotype, ops, skeleton): (cells, edges) int32
+    op_set(genotypes, ops=None) -> ops in canonical order;  cell_structures(genotype) -> (normal, reduce)
+    switch_shapes(genotype, ops, skeleton, classes, shape)
+    to_switch_variables(variables, genotype, ops, skeleton, shapes) / from_switch_variables(...)
 
 **Skeleton**: ``stem -> cells[0..N-1] -> head``.
 
@@ -35,6 +43,7 @@ plugs in here.  Every edge module is called as ``module(x, train)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,7 +54,7 @@ import numpy as np
 
 from tanas_jax.errors import UserError
 from tanas_jax.layers import Conv
-from tanas_jax.search.genotype import Cell, CellStructure, Genotype
+from tanas_jax.search.genotype import OPS, Cell, CellStructure, Genotype, canonical_op
 from tanas_jax.search.ops import ReLUConvBN, make_op
 
 
@@ -211,11 +220,21 @@ def init_network(genotype: Genotype, skeleton, num_classes: int, rng, input_shap
     candidate compiles nothing (``jit(net.init)`` took ~10 s for the 'small'
     skeleton on 2 CPU cores, more than its training step).
     """
-    net = build_network(genotype, skeleton, num_classes)
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    shapes = jax.eval_shape(lambda x: net.init(jax.random.PRNGKey(0), x, train=False), x)
+    shapes = network_shapes(genotype, skeleton, num_classes, input_shape)
     gen = np.random.Generator(np.random.PCG64(seed_sequence(rng)))
     return init_from_shapes(shapes, gen)
+
+
+def network_shapes(genotype: Genotype, skeleton, num_classes: int, input_shape) -> dict:
+    """The ``ShapeDtypeStruct`` tree of a :class:`CellNetwork`'s variables (tracing only; cached)."""
+    return _network_shapes(genotype, get_skeleton(skeleton), int(num_classes), tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _network_shapes(genotype: Genotype, sk: Skeleton, num_classes: int, input_shape: tuple) -> dict:
+    net = build_network(genotype, sk, num_classes)
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    return jax.eval_shape(lambda x: net.init(jax.random.PRNGKey(0), x, train=False), x)
 
 
 def init_from_shapes(shapes, gen: np.random.Generator) -> dict:
@@ -256,4 +275,132 @@ def param_count(tree) -> int:
     """Number of trainable parameters (``tree['params']`` if given variables)."""
     if isinstance(tree, dict) and "params" in tree:
         tree = tree["params"]
-    return int(sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+    return int(sum(int(np.prod(getattr(leaf, "shape", np.shape(leaf)))) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+# --- one network for every genotype of a structure: the op of each edge chosen at run time ----------
+class SwitchEdge(nn.Module):
+    """An edge holding every op of ``ops`` (submodule ``branches_j`` is ``ops[j]``, built by
+    :func:`~tanas_jax.search.ops.make_op` exactly as a genotype's edge); ``__call__(x, index, train)`` runs
+    op ``index`` only (``lax.switch``, lifted by flax): the other ops' parameters get zero gradients and
+    their BatchNorm statistics stay as they are.  Each branch is rematerialised in the backward pass
+    (``nn.checkpoint``): otherwise the switch's backward carries every branch's residuals, zero-filled."""
+
+    ops: tuple[str, ...]
+    C: int
+    stride: int
+
+    def setup(self):
+        self.branches = [make_op(o, self.C, self.stride) for o in self.ops]
+
+    def __call__(self, x, index, train: bool = False):
+        fns = [nn.checkpoint(lambda mdl, x, j=j: mdl.branches[j](x, train)) for j in range(len(self.ops))]
+        if self.is_initializing():
+            for f in fns:   # every branch makes its variables
+                f(self, x)
+        return nn.switch(index, fns, self, x)
+
+
+class SwitchNetwork(nn.Module):
+    """:class:`CellNetwork` of every genotype whose normal / reduce cells have the structures ``normal`` /
+    ``reduce``: ``__call__(x, choice, train)`` with ``choice`` (cells, edges) int, row k the indices into
+    ``ops`` of the ops of the cell at position k (:func:`op_choice`).  Same submodule names as
+    :class:`CellNetwork`; each edge's op ``o`` lives under ``edge.../branches_{ops.index(o)}``."""
+
+    normal: CellStructure
+    reduce: CellStructure
+    ops: tuple[str, ...]
+    skeleton: Skeleton
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, choice, train: bool = False):
+        sk = self.skeleton
+        x = stem(sk, x, train)
+        for k, ck in enumerate(sk.cell_channels()):
+            red = k in sk.reductions
+
+            def factory(i, src, dst, C, stride, name, row=choice[k]):
+                edge = SwitchEdge(self.ops, C, stride, name=name)
+                return lambda x, train: edge(x, row[i], train)   # noqa: B023 (row is bound per cell)
+
+            x = CellModule(self.reduce if red else self.normal, ck, red, edge_factory=factory,
+                           name=f"cell{k}")(x, train)
+        x = nn.relu(x)
+        x = x.reshape(x.shape[0], -1) if sk.head == "flatten" else x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+def op_set(genotypes: Sequence[Genotype], ops: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``ops`` (default: the genotypes' own ops) in :data:`~tanas_jax.search.genotype.OPS` order: the ops a
+    :class:`SwitchNetwork` edge switches between."""
+    used = {o for g in genotypes for o in g.ops}
+    want = used if ops is None else {canonical_op(o) for o in ops}
+    if not used <= want:
+        raise UserError(f"candidate ops {sorted(used - want)} are outside the op set {sorted(want)}")
+    return tuple(o for o in OPS if o in want)
+
+
+def cell_structures(genotype: Genotype) -> tuple[CellStructure, CellStructure]:
+    """(normal, reduce) structures of a genotype: what a :class:`SwitchNetwork` fixes at compile time."""
+    return genotype.normal.structure, genotype.reduce_cell.structure
+
+
+def _position_cells(genotype: Genotype, sk: Skeleton) -> list[Cell]:
+    return [genotype.reduce_cell if k in sk.reductions else genotype.normal for k in range(sk.cells)]
+
+
+def op_choice(genotype: Genotype, ops: Sequence[str], skeleton) -> np.ndarray:
+    """(cells, max edges) int32: row k holds ``ops.index`` of each edge op of the cell at position k."""
+    cells = _position_cells(genotype, get_skeleton(skeleton))
+    width = max(len(c.ops) for c in cells)
+    out = np.zeros((len(cells), width), np.int32)
+    for k, cell in enumerate(cells):
+        out[k, :len(cell.ops)] = [ops.index(o) for o in cell.ops]
+    return out
+
+
+def switch_shapes(genotype: Genotype, ops: Sequence[str], skeleton, num_classes: int, input_shape) -> dict:
+    """The ``ShapeDtypeStruct`` tree of the :class:`SwitchNetwork` variables of ``genotype``'s structures."""
+    sk = get_skeleton(skeleton)
+    net = SwitchNetwork(*cell_structures(genotype), tuple(ops), sk, int(num_classes))
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    choice = jax.ShapeDtypeStruct(op_choice(genotype, ops, sk).shape, jnp.int32)
+    return jax.eval_shape(lambda x, c: net.init(jax.random.PRNGKey(0), x, c, train=False), x, choice)
+
+
+def _switch_path(path: tuple, cells: list[Cell], ops: Sequence[str]) -> tuple:
+    """The :class:`SwitchNetwork` path of a :class:`CellNetwork` variable path (collection first)."""
+    if len(path) > 3 and path[1].startswith("cell") and path[2].startswith("edge"):
+        edge = int(path[2][4:].split("_")[0])
+        op = cells[int(path[1][4:])].ops[edge]
+        return (*path[:3], f"branches_{list(ops).index(op)}", *path[3:])
+    return path
+
+
+def to_switch_variables(variables: dict, genotype: Genotype, ops: Sequence[str], skeleton, shapes) -> dict:
+    """``genotype``'s :class:`CellNetwork` variables placed in a :class:`SwitchNetwork` tree of ``shapes``;
+    the ops the genotype does not use hold their flax-default constants (kernels 0, BatchNorm var 1):
+    they are never run."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    cells = _position_cells(genotype, get_skeleton(skeleton))
+    out = {p: (jnp.ones if p[-1] == "var" else jnp.zeros)(sd.shape, sd.dtype)
+           for p, sd in flatten_dict(dict(shapes)).items()}
+    for p, v in flatten_dict(dict(variables)).items():
+        q = _switch_path(p, cells, ops)
+        if q not in out or out[q].shape != v.shape:
+            raise AssertionError(f"switch network has no slot {q} of shape {v.shape}")
+        out[q] = jnp.asarray(v)
+    return unflatten_dict(out)
+
+
+def from_switch_variables(variables: dict, genotype: Genotype, ops: Sequence[str], skeleton,
+                          shapes) -> dict:
+    """The inverse of :func:`to_switch_variables`: ``genotype``'s :class:`CellNetwork` variables (tree of
+    ``shapes``, e.g. from :func:`init_network`'s ``jax.eval_shape``) read out of a switch tree."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    cells = _position_cells(genotype, get_skeleton(skeleton))
+    flat = flatten_dict(dict(variables))
+    return unflatten_dict({p: flat[_switch_path(p, cells, ops)] for p in flatten_dict(dict(shapes))})

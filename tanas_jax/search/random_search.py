@@ -17,7 +17,11 @@ it is trained from scratch by the one final protocol
 
 Candidate i is drawn from ``SeedSequence([seed, 2_000_000 + i])`` (distinct
 from the earlier ones when the space allows) and initialised from
-``SeedSequence([seed, 2_000_000 + i, 0])``: results are reproducible.
+``SeedSequence([seed, 2_000_000 + i, 0])``: results are reproducible.  Every
+candidate (and the final training) runs in the space's switch network
+(:class:`tanas_jax.search.runtime.SingleSteps` with the space's op set): one
+compiled step for every candidate; numbers equal each candidate's own network's
+to float rounding.
 """
 from __future__ import annotations
 
@@ -57,11 +61,11 @@ def random_search(data, space, cfg: FuseConfig, seed: int = 0, *, budget: int | 
         g = space.sample_distinct(rng(seed, STREAM + i), 1, exclude=seen)[0]
         seen.append(g)
         t = time.perf_counter()
-        fs, state, info = train_single(g, data, recipe, [seed, STREAM + i], steps)
+        fs, state, info = train_single(g, data, recipe, [seed, STREAM + i], steps, space.ops)
         acc = fs.accuracy(state, data.x_val, data.y_val)
         compile_s += info["compile_s"]
         evaluations.append({"index": i, "genotype": g.to_dict(), "steps": steps,
-                            "val_accuracy": acc, "params": param_count(state["params"]),
+                            "val_accuracy": acc, "params": param_count(fs.variables(state, g)["params"]),
                             "wall_s": time.perf_counter() - t, "compile_s": info["compile_s"]})
         log(f"random {i + 1}/{n}: val acc {acc:.3f}  {g.short()}")
     best = int(np.argmax([e["val_accuracy"] for e in evaluations]))
@@ -72,5 +76,6 @@ def random_search(data, space, cfg: FuseConfig, seed: int = 0, *, budget: int | 
               "winner_short": winner.short(), "search_wall_s": time.perf_counter() - t0,
               "search_compile_s": compile_s, "candidate_evaluations": n}
     if final is not None:
-        result["final"] = train_final(winner, final_data if final_data is not None else data, final, seed)
+        result["final"] = train_final(winner, final_data if final_data is not None else data, final, seed,
+                                      space.ops)
     return result

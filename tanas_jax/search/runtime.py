@@ -14,10 +14,10 @@ Public API::
     BatchStream(x, y, batch_size, gen)          # stateful shuffled batches (FUSE rounds)
     batch_at(x, y, bs, seed, stream, step)      # stateless batch of (seed, stream, step) (DARTS)
     predict(fn, x, batch_size) / accuracy(fn, x, y, batch_size)   # the one padded eval loop
-    SingleSteps(genotype, skeleton, num_classes, recipe, input_shape)   # one cell net, Adam
-    single_steps(genotype, num_classes, recipe, input_shape) -> SingleSteps (cached)
-    train_single(genotype, data, recipe, seed_parts, steps) -> (SingleSteps, state, info)
-    train_final(genotype, data, final: FinalConfig, seed) -> dict
+    SingleSteps(genotype, skeleton, num_classes, recipe, input_shape, ops=None)   # one cell net, Adam
+    single_steps(genotype, num_classes, recipe, input_shape, ops=None) -> SingleSteps (cached)
+    train_single(genotype, data, recipe, seed_parts, steps, ops=None) -> (SingleSteps, state, info)
+    train_final(genotype, data, final: FinalConfig, seed, ops=None) -> dict
 
 **Seeding.**  Every random draw of a search comes from a numpy stream
 ``rng(seed, k, ...)`` = ``PCG64(SeedSequence([seed, k, ...]))``; the stream
@@ -41,7 +41,10 @@ Adam steps (``final.learning_rate``) on batches of ``final.batch_size`` of the
 train split drawn from ``rng(seed, FINAL_STREAM, 2)``, then evaluated once on
 the validation and the test split.  It is FUSE's historical final training (a
 FUSE step with C = 1: the mixture of one candidate is the candidate itself),
-written as a plain single-network step with bit-identical numbers.
+written as a plain single-network step.  A search passes its space's op set
+(``ops``): then the network is the space's switch network (one compiled step
+for every genotype of the space, shared with random search's candidates) and
+the numbers equal the plain network's to float rounding.
 """
 from __future__ import annotations
 
@@ -60,7 +63,21 @@ import optax
 
 from tanas_jax.config import FinalConfig, to_dict
 from tanas_jax.search.genotype import Genotype
-from tanas_jax.search.network import build_network, get_skeleton, init_network, param_count, seed_sequence
+from tanas_jax.search.network import (
+    SwitchNetwork,
+    build_network,
+    cell_structures,
+    from_switch_variables,
+    get_skeleton,
+    init_network,
+    network_shapes,
+    op_choice,
+    op_set,
+    param_count,
+    seed_sequence,
+    switch_shapes,
+    to_switch_variables,
+)
 from tanas_jax.train import cross_entropy, padded_batches
 
 __all__ = ["FINAL_STREAM", "DEFAULT_FINAL", "CACHE_ENV", "rng", "seed_sequence", "cross_entropy", "fingerprint",
@@ -260,38 +277,77 @@ def accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> flo
 
 # --- one network, trained alone ------------------------------------------------------------------
 class SingleSteps(CompiledSteps):
-    """Weight step (Adam, train-mode BatchNorm) and eval step of one cell network."""
+    """Weight step (Adam, train-mode BatchNorm) and eval step of one cell network.
 
-    def __init__(self, genotype: Genotype, skeleton, num_classes: int, recipe: FinalConfig, input_shape):
+    With ``ops`` (an op set), the network is the :class:`~tanas_jax.search.network.SwitchNetwork` of the
+    genotype's cell structures: the ops are data (``state['choice']``), so every genotype of those
+    structures over ``ops`` shares the executables (random search, final trainings of a search); its
+    numbers are the plain network's to float rounding.  Without, the genotype's own
+    :class:`~tanas_jax.search.network.CellNetwork`.
+    """
+
+    def __init__(self, genotype: Genotype, skeleton, num_classes: int, recipe: FinalConfig, input_shape,
+                 ops: Sequence[str] | None = None):
         super().__init__()
+        t = time.perf_counter()
         self.genotype, self.skeleton = genotype, get_skeleton(skeleton)
         self.num_classes, self.input_shape = int(num_classes), tuple(input_shape)
         self.recipe = recipe
-        self.net = net = build_network(genotype, self.skeleton, num_classes)
-        self.tx = tx = optax.adam(recipe.learning_rate)
+        self.ops = None if ops is None else op_set([genotype], ops)
+        if self.ops is None:
+            net = build_network(genotype, self.skeleton, num_classes)
+            self.shapes = None
+        else:
+            net = SwitchNetwork(*cell_structures(genotype), self.ops, self.skeleton, self.num_classes)
+            self.shapes = switch_shapes(genotype, self.ops, self.skeleton, num_classes, self.input_shape)
+        self.net, self.tx = net, optax.adam(recipe.learning_rate)
+        self._register(net, self.tx, self.ops is not None)
+        self.compile_s += time.perf_counter() - t if self.ops is not None else 0.0
+
+    def _register(self, net, tx, switch: bool) -> None:
+        def run(state, w, x, **kw):
+            args = (x, state["choice"]) if switch else (x,)
+            return net.apply({"params": w, "batch_stats": state["batch_stats"]}, *args, **kw)
 
         def weight_step(state, x, y):
             def loss_fn(w):
-                logits, upd = net.apply({"params": w, "batch_stats": state["batch_stats"]}, x, train=True,
-                                        mutable=["batch_stats"])
-                return cross_entropy(logits, y), upd["batch_stats"]
+                logits, upd = run(state, w, x, train=True, mutable=["batch_stats"])
+                return cross_entropy(logits, y), upd.get("batch_stats", {})
 
             (loss, nbs), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
             upd, opt = tx.update(g, state["opt"], state["params"])
-            return {"params": optax.apply_updates(state["params"], upd), "batch_stats": nbs, "opt": opt}, loss
+            return {**state, "params": optax.apply_updates(state["params"], upd), "batch_stats": nbs,
+                    "opt": opt}, loss
 
         def eval_step(state, x):
-            return net.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x,
-                             train=False).argmax(-1)
+            return run(state, state["params"], x, train=False).argmax(-1)
 
         self.register("weights", weight_step)
         self.register("eval", eval_step)
 
-    def init_state(self, seed_parts: Sequence[int]) -> dict:
-        """Fresh weights from ``SeedSequence([*seed_parts, 0])`` and Adam's state."""
-        v = init_network(self.genotype, self.skeleton, self.num_classes,
+    def init_state(self, seed_parts: Sequence[int], genotype: Genotype | None = None) -> dict:
+        """Fresh weights of ``genotype`` (default: the constructor's) from ``SeedSequence([*seed_parts, 0])``,
+        exactly as its own network's, and Adam's state (and, switch network: the op choice)."""
+        g = self.genotype if genotype is None else genotype
+        v = init_network(g, self.skeleton, self.num_classes,
                          np.random.SeedSequence([*seed_parts, 0]).generate_state(2), self.input_shape)
-        return {"params": v["params"], "batch_stats": v.get("batch_stats", {}), "opt": self.tx.init(v["params"])}
+        extra = {}
+        if self.ops is not None:
+            if cell_structures(g) != cell_structures(self.genotype):
+                raise ValueError("SingleSteps.init_state: a genotype of other cell structures than the steps")
+            v = to_switch_variables(v, g, self.ops, self.skeleton, self.shapes)
+            extra = {"choice": jnp.asarray(op_choice(g, self.ops, self.skeleton))}
+        return {"params": v["params"], "batch_stats": v.get("batch_stats", {}), **extra,
+                "opt": self.tx.init(v["params"])}
+
+    def variables(self, state, genotype: Genotype | None = None) -> dict:
+        """``{'params', 'batch_stats'}`` of ``genotype`` as its own :class:`CellNetwork` holds them."""
+        v = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        if self.ops is None:
+            return v
+        g = self.genotype if genotype is None else genotype
+        return from_switch_variables(v, g, self.ops, self.skeleton,
+                                     network_shapes(g, self.skeleton, self.num_classes, self.input_shape))
 
     def weight_step(self, state, x, y):
         return self.call("weights", state, x, y)
@@ -301,21 +357,26 @@ class SingleSteps(CompiledSteps):
         return accuracy(lambda xb: self.call("eval", state, xb), x, y, self.recipe.eval_batch_size)
 
 
-def single_steps(genotype: Genotype, num_classes: int, recipe: FinalConfig, input_shape) -> SingleSteps:
-    """The cached :class:`SingleSteps` of (genotype, skeleton, classes, shape, lr, batch, eval batch):
-    everything that fixes its compiled shapes and constants."""
+def single_steps(genotype: Genotype, num_classes: int, recipe: FinalConfig, input_shape,
+                 ops: Sequence[str] | None = None) -> SingleSteps:
+    """The cached :class:`SingleSteps` of (genotype -- with ``ops``: its cell structures and the op set --,
+    skeleton, classes, shape, lr, batch, eval batch): everything that fixes its compiled shapes and constants."""
     sk = get_skeleton(recipe.skeleton)
-    key = ("single", genotype.key(), sk, int(num_classes), tuple(input_shape), recipe.learning_rate,
-           recipe.batch_size, recipe.eval_batch_size)
-    return STEP_CACHE.get(key, lambda: SingleSteps(genotype, sk, num_classes, recipe, input_shape))
+    which = ("single", genotype.key()) if ops is None else ("single-switch", cell_structures(genotype),
+                                                            op_set([genotype], ops))
+    key = (*which, sk, int(num_classes), tuple(input_shape), recipe.learning_rate, recipe.batch_size,
+           recipe.eval_batch_size)
+    return STEP_CACHE.get(key, lambda: SingleSteps(genotype, sk, num_classes, recipe, input_shape, ops))
 
 
-def train_single(genotype: Genotype, data, recipe: FinalConfig, seed_parts: Sequence[int], steps: int):
+def train_single(genotype: Genotype, data, recipe: FinalConfig, seed_parts: Sequence[int], steps: int,
+                 ops: Sequence[str] | None = None):
     """Train ``genotype`` alone for ``steps`` steps (init ``[*seed_parts, 0]``, batches of
-    ``recipe.batch_size`` from ``rng(*seed_parts, 2)``); returns (steps object, state, info)."""
-    fs = single_steps(genotype, data.num_classes, recipe, input_shape_of(data))
+    ``recipe.batch_size`` from ``rng(*seed_parts, 2)``; ``ops``: see :class:`SingleSteps`); returns
+    (steps object, state, info)."""
+    fs = single_steps(genotype, data.num_classes, recipe, input_shape_of(data), ops)
     c0 = fs.compile_s
-    state = fs.init_state(list(seed_parts))
+    state = fs.init_state(list(seed_parts), genotype)
     stream = BatchStream(data.x_train, data.y_train, recipe.batch_size, rng(*seed_parts, 2))
     loss = None
     for _ in range(steps):
@@ -323,12 +384,13 @@ def train_single(genotype: Genotype, data, recipe: FinalConfig, seed_parts: Sequ
     return fs, state, {"compile_s": fs.compile_s - c0, "final_loss": None if loss is None else float(loss)}
 
 
-def train_final(genotype: Genotype, data, final: FinalConfig, seed: int) -> dict:
+def train_final(genotype: Genotype, data, final: FinalConfig, seed: int, ops: Sequence[str] | None = None) -> dict:
     """The chosen genotype trained from scratch by the ``final`` protocol (module docstring);
-    validation, then test, once."""
+    validation, then test, once.  ``ops``: a search's op set, so the final training shares the compiled
+    steps of every genotype of the space (:class:`SingleSteps`)."""
     t0 = time.perf_counter()
-    fs, state, info = train_single(genotype, data, final, [seed, FINAL_STREAM], final.steps)
-    return {"genotype": genotype.to_dict(), "params": param_count(state["params"]),
+    fs, state, info = train_single(genotype, data, final, [seed, FINAL_STREAM], final.steps, ops)
+    return {"genotype": genotype.to_dict(), "params": param_count(fs.variables(state, genotype)["params"]),
             "val_accuracy": fs.accuracy(state, data.x_val, data.y_val),
             "test_accuracy": fs.accuracy(state, data.x_test, data.y_test),
             "steps": final.steps, "input_shape": list(fs.input_shape), "train_loss": info["final_loss"],
