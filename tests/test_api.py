@@ -89,10 +89,11 @@ def test_a_banked_memory_task_serves_as_a_base_by_name_in_a_new_process(example)
     name, bank = got["task"].name, got["bank"].root
     code = (f"from tanas_jax import api\nfrom tanas_jax.errors import UserError\n"
             f"import runpy\nex = runpy.run_path({EXAMPLE!r})\nb = api.open_bank({bank!r})\n"
-            f"r = api.rank(b, ex['bases_here']()[0], bases=[{name!r}], seeds=[0], overrides=ex['OVERRIDES'])\n"
+            f"o = dict(ex['OVERRIDES'], **{{'distance.bootstrap': 0}})\n"     # reads distances, not P(closest)
+            f"r = api.rank(b, ex['bases_here']()[0], bases=[{name!r}], seeds=[0], overrides=o)\n"
             f"from tanas_jax import tasks\n"
             f"print('RANKED', r.rows[0].base, r.rows[0].mean, tasks.has_data({name!r}))\n"
-            f"try:\n    api.rank(b, {name!r}, bases=ex['bases_here'](), seeds=[0], overrides=ex['OVERRIDES'])\n"
+            f"try:\n    api.rank(b, {name!r}, bases=ex['bases_here'](), seeds=[0], overrides=o)\n"
             f"except UserError as e:\n    print('REFUSED', e)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
