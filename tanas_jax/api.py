@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -207,7 +206,7 @@ class Ranking:
     seeds: list
     rows: list              # RankRow, closest first
     per_seed: dict          # {base: [distance for each seed]}
-    p_closest_from: str     # "table" (the distance table's own) or "seeds" (fraction of seeds, here)
+    p_closest_from: str     # "table" (the distance table's own) or "seeds" (over the network seeds only)
     table: dict             # the distance table it came from
 
     @property
@@ -234,45 +233,19 @@ class Ranking:
         return fig
 
 
-def p_closest_from_seeds(per_seed: Mapping[str, Sequence]) -> dict[str, float]:
-    """P(closest) per base: the fraction of seeds in which it has the smallest distance (ties to the first
-    name, as the ranking breaks them; seeds without any finite distance are not counted)."""
-    bases = sorted(per_seed)
-    n = max((len(v) for v in per_seed.values()), default=0)
-    wins, counted = dict.fromkeys(bases, 0), 0
-    for s in range(n):
-        finite = [(float(d), b) for b in bases if s < len(per_seed[b]) and (d := per_seed[b][s]) is not None
-                  and math.isfinite(d)]
-        if finite:
-            wins[min(finite)[1]] += 1
-            counted += 1
-    return {b: wins[b] / counted if counted else 0.0 for b in bases}
-
-
-def _table_p_closest(ranked, table: dict, target: str) -> dict | None:
-    """P(closest) as the distance table gives it, when it does: a 4th entry of each ranked row, or
-    ``table["p_closest"]`` keyed by target (then base) or by base."""
-    if ranked and all(len(r) >= 4 for r in ranked):
-        return {r[0]: float(r[3]) for r in ranked}
-    p = table.get("p_closest")
-    if isinstance(p, Mapping) and isinstance(p.get(target), Mapping):
-        p = p[target]
-    if isinstance(p, Mapping) and all(r[0] in p and isinstance(p[r[0]], (int, float)) for r in ranked):
-        return {r[0]: float(p[r[0]]) for r in ranked}
-    return None
-
-
 def ranking_from_table(table: dict, target: str, ranked=None) -> Ranking:
     """A :class:`Ranking` from a distance table result (Fisher or transform) and its ranked rows
-    (default :func:`~tanas_jax.distance.table.rank_bases`)."""
-    from tanas_jax.distance.table import rank_bases
+    (default :func:`~tanas_jax.distance.table.rank_bases`).  P(closest) is the table's own
+    (``table["p_closest"][target]``); a table without one gets it over its network seeds from
+    :func:`~tanas_jax.distance.table.add_seed_p_closest` (on a copy: ``table`` is not changed)."""
+    from tanas_jax.distance.table import add_seed_p_closest, rank_bases
 
     ranked = rank_bases(table, target) if ranked is None else ranked
+    source = "table" if "p_closest" in table else "seeds"
+    table = add_seed_p_closest(dict(table))
     t, idx = table["tasks"].index(target), {b: i for i, b in enumerate(table["tasks"])}
     per_seed = {r[0]: [m[idx[r[0]]][t] for m in table["per_seed"]] for r in ranked}
-    p, source = _table_p_closest(ranked, table, target), "table"
-    if p is None:
-        p, source = p_closest_from_seeds(per_seed), "seeds"
+    p = (table.get("p_closest") or {}).get(target) or {}
     rows = [RankRow(r[0], float(r[1]), float(r[2]), float(p.get(r[0], 0.0))) for r in ranked]
     metric = table.get("settings", {}).get("metric") or table.get("metric") or "transform"
     return Ranking(target, metric, list(table.get("seeds", [])), rows, per_seed, source, _plain(table))
@@ -437,5 +410,5 @@ def run(target, bases="offline8", *, bank=None, out: str | None = None, metric: 
 
 
 __all__ = ["Net", "RankRow", "Ranking", "Result", "SearchResult", "Task", "describe_task", "ensure_net",
-           "make_config", "open_bank", "p_closest_from_seeds", "rank", "ranking_from_table", "run", "run_tanas",
+           "make_config", "open_bank", "rank", "ranking_from_table", "run", "run_tanas",
            "search", "task_from_arrays", "task_from_spec"]

@@ -16,6 +16,30 @@ needs_fashion = pytest.mark.skipif(
     not HAVE_FASHION, reason="Fashion-MNIST absent: install Debian's dataset-fashion-mnist")
 
 
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the whole session (``$TANAS_XLA_CACHE``, else a fresh temp
+    folder): the same computation compiled again -- by another jit object, engine or ``bin/`` subprocess
+    of this run -- is loaded instead of compiled.  A fresh folder keeps the run independent of
+    ``~/.cache``; ``TANAS_XLA_CACHE=0`` turns the cache off (tests that need their own set it)."""
+    import tempfile
+
+    if os.environ.get("TANAS_XLA_CACHE") is None:
+        os.environ["TANAS_XLA_CACHE"] = tempfile.mkdtemp(prefix="tanas-xla-tests-")
+        config._tanas_xla_tmp = os.environ["TANAS_XLA_CACHE"]
+    from tanas_jax.search.runtime import enable_compilation_cache
+
+    enable_compilation_cache(None)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    tmp = getattr(config, "_tanas_xla_tmp", None)
+    if tmp:
+        os.environ.pop("TANAS_XLA_CACHE", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @pytest.fixture
 def bank(tmp_path):
     from tanas_jax.bank import Bank

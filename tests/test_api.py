@@ -89,10 +89,11 @@ def test_a_banked_memory_task_serves_as_a_base_by_name_in_a_new_process(example)
     name, bank = got["task"].name, got["bank"].root
     code = (f"from tanas_jax import api\nfrom tanas_jax.errors import UserError\n"
             f"import runpy\nex = runpy.run_path({EXAMPLE!r})\nb = api.open_bank({bank!r})\n"
-            f"r = api.rank(b, ex['bases_here']()[0], bases=[{name!r}], seeds=[0], overrides=ex['OVERRIDES'])\n"
+            f"o = dict(ex['OVERRIDES'], **{{'distance.bootstrap': 0}})\n"     # reads distances, not P(closest)
+            f"r = api.rank(b, ex['bases_here']()[0], bases=[{name!r}], seeds=[0], overrides=o)\n"
             f"from tanas_jax import tasks\n"
             f"print('RANKED', r.rows[0].base, r.rows[0].mean, tasks.has_data({name!r}))\n"
-            f"try:\n    api.rank(b, {name!r}, bases=ex['bases_here'](), seeds=[0], overrides=ex['OVERRIDES'])\n"
+            f"try:\n    api.rank(b, {name!r}, bases=ex['bases_here'](), seeds=[0], overrides=o)\n"
             f"except UserError as e:\n    print('REFUSED', e)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -103,15 +104,9 @@ def test_a_banked_memory_task_serves_as_a_base_by_name_in_a_new_process(example)
 
 
 # --- small pure parts ---------------------------------------------------------------------------
-def test_p_closest_from_seeds_by_hand():
-    p = api.p_closest_from_seeds({"b": [2.0, 1.0, 2.0, None], "a": [1.0, 3.0, 2.0, float("nan")]})
-    assert p == {"a": 2 / 3, "b": 1 / 3}     # seed 2 ties at 2.0: the first name wins; seed 3 counts for no one
-    assert api.p_closest_from_seeds({"a": [None], "b": [None]}) == {"a": 0.0, "b": 0.0}
-
-
-def _table(p_closest=None):
+def _table(p_closest=None, per_seed=None):
     t = {"tasks": ["a", "b", "t"], "seeds": [0, 1], "settings": {"metric": "logdet"},
-         "per_seed": [[[0, 0, 1.0], [0, 0, 2.0], [0, 0, 0]], [[0, 0, 3.0], [0, 0, 2.5], [0, 0, 0]]],
+         "per_seed": per_seed or [[[0, 0, 1.0], [0, 0, 2.0], [0, 0, 0]], [[0, 0, 3.0], [0, 0, 2.5], [0, 0, 0]]],
          "mean": [[0, 0, 2.0], [0, 0, 2.25], [0, 0, 0]], "std": [[0, 0, 1.4], [0, 0, 0.35], [0, 0, 0]]}
     if p_closest is not None:
         t["p_closest"] = p_closest
@@ -119,13 +114,28 @@ def _table(p_closest=None):
 
 
 def test_ranking_reads_p_closest_from_the_table_when_present():
-    own = api.ranking_from_table(_table(), "t")
+    plain = _table()
+    own = api.ranking_from_table(plain, "t")
     assert [r.base for r in own.rows] == ["a", "b"] and own.p_closest_from == "seeds"
-    assert [r.p_closest for r in own.rows] == [0.5, 0.5]
+    assert [r.p_closest for r in own.rows] == [0.5, 0.5]      # seed 0: a (1.0 < 2.0); seed 1: b (2.5 < 3.0)
+    assert "p_closest" not in plain                           # the caller's table is not changed
     given = api.ranking_from_table(_table({"t": {"a": 0.7, "b": 0.3}}), "t")
     assert given.p_closest_from == "table" and [r.p_closest for r in given.rows] == [0.7, 0.3]
-    rows4 = api.ranking_from_table(_table(), "t", ranked=[("a", 2.0, 1.4, 0.9), ("b", 2.25, 0.35, 0.1)])
-    assert rows4.p_closest_from == "table" and rows4.rows[1].p_closest == 0.1
+
+
+def test_ranking_p_closest_over_seeds_is_the_distance_layers():
+    """Counted by hand over 4 seeds: a wins seeds 0 and 2, b wins seed 1, seed 3 ties at 2.0 (each gets
+    half, as distance.stats.p_closest splits ties) and seed 4 has no finite distance (counts for no one)."""
+    from tanas_jax.distance.stats import p_closest
+
+    nan = float("nan")
+    col = [(1.0, 2.0), (3.0, 1.0), (0.5, 4.0), (2.0, 2.0), (nan, nan)]
+    per_seed = [[[0, 0, a], [0, 0, b], [0, 0, 0]] for a, b in col]
+    r = api.ranking_from_table(dict(_table(per_seed=per_seed), seeds=[0, 1, 2, 3, 4]), "t")
+    assert r.p_closest_from == "seeds"
+    assert {row.base: row.p_closest for row in r.rows} == {"a": 2.5 / 4, "b": 1.5 / 4}
+    assert [row.p_closest for row in r.rows] == list(p_closest(np.array(col)))
+    assert r.table["p_closest"]["t"] == {"a": 2.5 / 4, "b": 1.5 / 4}
 
 
 def test_config_and_overrides_like_set():

@@ -29,8 +29,9 @@ pytestmark = needs_fashion
 
 
 def tiny_cfg():
+    """Tiny settings; P(closest) off (distance.bootstrap=0): these tests compare distances and Fisher counts."""
     return updated(load_config("quick"), {"train.epochs": 1, "data.max_train": 300, "data.max_eval": 100,
-                                          "fisher.examples": 64, "train.net": NET})
+                                          "fisher.examples": 64, "train.net": NET, "distance.bootstrap": 0})
 
 
 def rank(root: str):
@@ -110,7 +111,7 @@ def test_exported_bank_ranks_the_same_without_the_bases_data(origin, tmp_path, n
     from tanas_jax.cli.distance import main as distance_main
 
     sets = [a for kv in ("train.epochs=1", "data.max_train=300", "data.max_eval=100", "fisher.examples=64",
-                         f"train.net={NET}") for a in ("--set", kv)]
+                         f"train.net={NET}", "distance.bootstrap=0") for a in ("--set", kv)]
     assert distance_main(["--target", TARGET, "--bases", ",".join(BASES), "--seeds", "0", "--bank", dest,
                           "--recompute", "--no-progress", "--out", str(tmp_path / "rank"), *sets]) == 0
     with open(tmp_path / "rank" / "result.json") as f:

@@ -1,11 +1,14 @@
 """bin/fisher and bin/distance end to end on a tiny bank over the real bundled MNIST subset.
 
 One module-scoped bank (3 MNIST tasks, 1 seed, 1 epoch on 300 examples, 64 Fisher examples) is
-shared by the tests below; each check runs the real commands in subprocesses.
+shared by the tests below.  The commands run in-process through their ``main`` (the same ``cli_main``
+wrapper as ``bin/``); real subprocesses only where the process boundary is what is checked (exit code and
+one stderr line).  P(closest) is off (``distance.bootstrap=0``) except in the tests that read it (``BOOT``).
 """
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 
@@ -15,7 +18,8 @@ import pytest
 from conftest import run_cli
 
 TINY = ["--set", "train.epochs=1", "--set", "data.max_train=300", "--set", "data.max_eval=200",
-        "--set", "fisher.examples=64", "--set", "fisher.full_examples=32", "--no-progress"]
+        "--set", "fisher.examples=64", "--set", "fisher.full_examples=32", "--set", "distance.bootstrap=0",
+        "--no-progress"]
 TASKS = ["mnist_digit0", "mnist_digit6", "mnist_10way"]
 
 
@@ -25,10 +29,14 @@ def tiny(tmp_path_factory):
     return {"bank": str(root / "bank"), "root": root}
 
 
-def _ok(r):
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    return r
+def _cmd(capsys, cmd: str, *argv: str):
+    """``bin/<cmd> argv`` in-process: asserts exit 0 and no traceback; returns the captured (out, err)."""
+    capsys.readouterr()
+    code = importlib.import_module(f"tanas_jax.cli.{cmd}").main(list(argv))
+    got = capsys.readouterr()
+    assert code == 0, got.out + got.err
+    assert "Traceback" not in got.err
+    return got
 
 
 def _read_csv(path):
@@ -38,27 +46,27 @@ def _read_csv(path):
     return header[1:], [r[0] for r in body], np.array([[float(v) for v in r[1:]] for r in body])
 
 
-def test_fisher_cli_computes_then_reuses(tiny):
+def test_fisher_cli_computes_then_reuses(tiny, capsys):
     out = str(tiny["root"] / "fisher")
-    r = _ok(run_cli("fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", tiny["bank"],
-                    "--out", out, *TINY))
+    _cmd(capsys, "fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", tiny["bank"],
+         "--out", out, *TINY)
     res = json.load(open(f"{out}/result.json"))
     assert res["net_task"] == "mnist_digit6" and res["data_task"] == "mnist_digit0" and not res["cached"]
     assert res["meta"]["examples"] == 64 and res["trace"] > 0
     assert abs(sum(layer["share"] for layer in res["layers"]) - 1) < 1e-5
     assert res["provenance"]["versions"]["jax"]
     # rerun: the Fisher comes from the bank (same trace), nothing is trained again
-    r = _ok(run_cli("fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", tiny["bank"],
-                    "--out", out, *TINY))
-    assert "reused from the bank" in r.stdout and "test accuracy" not in r.stdout
+    r = _cmd(capsys, "fisher", "--task", "mnist_digit0", "--net-of", "mnist_digit6", "--bank", tiny["bank"],
+             "--out", out, *TINY)
+    assert "reused from the bank" in r.out and "test accuracy" not in r.out
     res2 = json.load(open(f"{out}/result.json"))
     assert res2["cached"] and res2["trace"] == pytest.approx(res["trace"], rel=1e-6)
 
 
-def test_distance_table_files_agree_and_rerun_reuses(tiny):
+def test_distance_table_files_agree_and_rerun_reuses(tiny, capsys):
     out = str(tiny["root"] / "table")
-    r = _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--spectrum", "diag",
-                    "--bank", tiny["bank"], "--out", out, *TINY))
+    r = _cmd(capsys, "distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--spectrum", "diag",
+             "--bank", tiny["bank"], "--out", out, *TINY)
     res = json.load(open(f"{out}/result.json"))
     assert res["tasks"] == TASKS and res["layout"] == "d[row=base][column=target]"
     assert res["settings"]["metric"] == "logdet" and res["settings"]["spectrum"] == "diag"
@@ -75,22 +83,22 @@ def test_distance_table_files_agree_and_rerun_reuses(tiny):
     # the Fisher from test_fisher_cli (digit6's net on digit0's data) was reused
     # 6 off-diagonal pairs x 2 Fishers = 12 requests, 9 distinct, 1 of them already banked
     assert res["cache"] == {"computed": 8, "reused": 4}
-    assert "closest base from the same dataset for 3 of 3 targets" in r.stdout
+    assert "closest base from the same dataset for 3 of 3 targets" in r.out
     # rerun: every Fisher from the bank, the same numbers
-    _ok(run_cli("distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--spectrum", "diag",
-                "--bank", tiny["bank"], "--out", out, *TINY))
+    _cmd(capsys, "distance", "--tasks", ",".join(TASKS), "--metric", "logdet", "--spectrum", "diag",
+         "--bank", tiny["bank"], "--out", out, *TINY)
     res2 = json.load(open(f"{out}/result.json"))
     assert res2["cache"] == {"computed": 0, "reused": 12}
     np.testing.assert_allclose(np.array(res2["mean"], float), mean, rtol=1e-6)
     tiny["table"] = res
 
 
-def test_distance_target_ranking_matches_table(tiny):
+def test_distance_target_ranking_matches_table(tiny, capsys):
     if "table" not in tiny:
         pytest.skip("needs the table test's bank")
     out = str(tiny["root"] / "rank")
-    r = _ok(run_cli("distance", "--target", "mnist_digit0", "--bases", "mnist_digit6,mnist_10way,mnist_digit0",
-                    "--metric", "logdet", "--spectrum", "diag", "--bank", tiny["bank"], "--out", out, *TINY))
+    r = _cmd(capsys, "distance", "--target", "mnist_digit0", "--bases", "mnist_digit6,mnist_10way,mnist_digit0",
+             "--metric", "logdet", "--spectrum", "diag", "--bank", tiny["bank"], "--out", out, *TINY)
     res = json.load(open(f"{out}/result.json"))
     table = tiny["table"]
     col = {b: table["mean"][i][0] for i, b in enumerate(TASKS) if b != "mnist_digit0"}
@@ -99,7 +107,7 @@ def test_distance_target_ranking_matches_table(tiny):
     for row in res["ranking"]:
         assert row["mean"] == pytest.approx(col[row["base"]], rel=1e-6)
     assert res["cache"]["computed"] == 0                                # all cached
-    lines = r.stdout.splitlines()
+    lines = r.out.splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("closest base tasks to mnist_digit0"))
     assert lines[i + 3].split()[:2] == ["1", expect[0]]
 

@@ -8,7 +8,8 @@ import pytest
 
 from tanas_jax.errors import UserError
 
-TINY = {"train.epochs": 1, "data.max_train": 192, "data.max_eval": 64, "fisher.examples": 64}
+TINY = {"train.epochs": 1, "data.max_train": 192, "data.max_eval": 64, "fisher.examples": 64,
+        "distance.bootstrap": 0}    # the tables here are read for their distances, not P(closest)
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ SEARCH = ["--method", "darts1", "--task", "mnist_digit0", "--space", "ops:none,s
 TANAS = ["--target", "mnist_digit6", "--bases", "mnist_digit0,mnist_5class", "--skip-baselines",
          "--set", "train.epochs=1", "--set", "fisher.examples=32", "--set", "fuse.rounds=3",
          "--set", "fuse.max_stages=1", "--set", "fuse.weight_steps=4", "--set", "fuse.alpha_steps=2",
-         "--set", "fuse.batch_size=16", *SEARCH_DATA, *DATA]
+         "--set", "fuse.batch_size=16", "--set", "distance.bootstrap=0", *SEARCH_DATA, *DATA]
 
 # result.json fields that are not the computation's result: times, paths, what was reused
 VOLATILE = {"provenance", "bank", "out", "files", "config", "reused", "computed", "timings", "status", "seconds",

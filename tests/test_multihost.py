@@ -93,7 +93,7 @@ def test_fisher_two_processes_equal_one(bank, tmp_path):
 
 
 def test_distance_two_processes_equal_one(bank, tmp_path):
-    args = ["--tasks", TASKS, "--metric", "logdet", *TINY]
+    args = ["--tasks", TASKS, "--metric", "logdet", "--bootstrap", "0", *TINY]   # the distances, not P(closest)
     _one("distance", [*args, "--bank", _copy(bank, tmp_path / "b1"), "--out", str(tmp_path / "one")])
     banks = [_copy(bank, tmp_path / f"b2_{i}") for i in range(2)]
     _run_two("distance", lambda i: [*args, "--bank", banks[i], "--out", str(tmp_path / f"two{i}")], tmp_path)

@@ -11,7 +11,8 @@ from tanas_jax.cli.tanas import main
 TINY = ["--set", "train.epochs=1", "--set", "data.max_train=400", "--set", "data.max_eval=200",
         "--set", "fisher.examples=64", "--set", "fuse.rounds=1", "--set", "fuse.max_stages=1",
         "--set", "fuse.weight_steps=4", "--set", "fuse.alpha_steps=2", "--set", "final.steps=8",
-        "--set", "fuse.batch_size=32", "--set", "search.max_train=200", "--set", "search.input_shape=(16,16,1)"]
+        "--set", "fuse.batch_size=32", "--set", "search.max_train=200", "--set", "search.input_shape=(16,16,1)",
+        "--set", "distance.bootstrap_blocks=4"]    # P(closest) over 20 resamples of 4 blocks (16 examples each)
 
 
 def _no_bar(err: str) -> bool:

@@ -21,7 +21,8 @@ TINY = ["--set", "train.epochs=1", "--set", "data.max_train=200", "--set", "data
         "--set", "bank.seeds=(0,)", "--set", "tanas.full_table_max=0", "--set", "fisher.examples=64",
         "--set", "fuse.rounds=1", "--set", "fuse.max_stages=1", "--set", "fuse.weight_steps=4",
         "--set", "fuse.alpha_steps=2", "--set", "fuse.batch_size=32", "--set", "final.steps=8",
-        "--set", "search.max_train=100", "--set", "search.input_shape=(16,16,1)", "--skip-baselines",
+        "--set", "search.max_train=100", "--set", "search.input_shape=(16,16,1)", "--set", "distance.bootstrap=0",
+        "--skip-baselines",
         "--no-progress"]
 
 
