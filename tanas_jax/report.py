@@ -44,6 +44,26 @@ def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
 
 
+PAIRED_COLUMNS = ["method", "seeds", "test_acc_mean", "binomial_std", "seed_std", "diff_vs_ref", "ci95",
+                  "significant"]
+
+
+def paired_rows(table: list[dict], labels: dict | None = None) -> list[dict]:
+    """Rows of :func:`tanas_jax.compare.paired_table` as display cells (``PAIRED_COLUMNS``); ``labels``
+    renames methods."""
+    out = []
+    for r in table:
+        d = r.get("vs_reference")
+        row = {"method": (labels or {}).get(r["method"], r["method"]), "seeds": len(r["seeds"]),
+               "test_acc_mean": r["mean"], "binomial_std": r.get("binomial_std", ""), "seed_std": r["std"],
+               "diff_vs_ref": "(reference)", "ci95": "", "significant": ""}
+        if d:
+            row.update(diff_vs_ref=f"{d['mean']:+.4f}", ci95=f"[{d['low']:+.4f}, {d['high']:+.4f}]",
+                       significant="yes" if d["significant"] else "no")
+        out.append(row)
+    return out
+
+
 # --- report.md ----------------------------------------------------------------------------
 def write_report(out: str, result: dict) -> dict:
     """``out/report.md`` + PNGs for a pipeline result; returns ``{name: path}``."""
@@ -173,4 +193,4 @@ def _heatmap_panel(fig, ax, mat, tasks_all: list[str], target: str, closest: lis
     fig.colorbar(im, ax=ax, fraction=0.046)
 
 
-__all__ = ["COLUMNS", "format_table", "markdown_table", "write_report"]
+__all__ = ["COLUMNS", "PAIRED_COLUMNS", "format_table", "markdown_table", "paired_rows", "write_report"]
