@@ -51,8 +51,8 @@ def parse_args(argv):
 def _config(args, target):
     from tanas_jax.cli.common import config_from_args, updated
 
-    args.overrides = FIXED + [o for o in args.overrides if o not in FIXED]
-    return updated(config_from_args(args), {"tanas.target": target, "tanas.bases": args.bases,
+    fixed = argparse.Namespace(**{**vars(args), "overrides": FIXED + [o for o in args.overrides if o not in FIXED]})
+    return updated(config_from_args(fixed), {"tanas.target": target, "tanas.bases": args.bases,
                                             "tanas.baselines": args.baselines})
 
 
@@ -111,6 +111,7 @@ def target_summary(results: list[dict]) -> dict:
     import numpy as np
 
     from tanas_jax.compare import accuracies_by_method, paired_table
+    from tanas_jax.pipeline import RUN_LABELS
 
     n_test = results[0]["final_data"]["sizes"]["test"]
     table = paired_table(accuracies_by_method(results), "task-aware", n_test=n_test)
@@ -121,7 +122,8 @@ def target_summary(results: list[dict]) -> dict:
         row["compile_s"] = float(np.mean([x.get("search_compile_s") or 0.0 for x in runs]))
         row["params"] = float(np.mean([x["final"]["params"] for x in runs]))
         row["val_accuracies"] = [x["final"]["val_accuracy"] for x in runs]
-        row["label"] = [t["method"] for t in results[0]["table"]][list(results[0]["runs"]).index(row["method"])]
+        row["label"] = RUN_LABELS[row["method"]].format(space=results[0]["space"]["name"])
+    table.sort(key=lambda row: list(RUN_LABELS).index(row["method"]))
     return {"n_test": n_test, "table": table, "seeds": [r["seed"] for r in results],
             "closest": {r["seed"]: r["closest"] for r in results},
             "p_closest": {r["seed"]: r["confidence"]["p"] for r in results},
@@ -142,7 +144,7 @@ def anytime_plot(target: str, summary: dict, path: str) -> str:
     from tanas_jax.io import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    labels = {row["method"]: row["label"] for row in summary["table"]}
+    labels = {row["method"]: row["label"] for row in summary["table"]}   # canonical order
     seen = set()
     for _seed, traces in sorted(summary["traces"].items()):
         for m, t in traces.items():
@@ -152,14 +154,18 @@ def anytime_plot(target: str, summary: dict, path: str) -> str:
                 ax.plot(t["seconds"], t["best_val"], "o" if m.startswith("darts") else "s", color=COLORS.get(m),
                         mfc="none", label=lab and f"{lab} (supernet, end)")
             else:
-                ax.step([0.0] + t["seconds"], [t["best_val"][0]] + t["best_val"], where="post",
-                        color=COLORS.get(m), lw=1, alpha=0.8, label=lab)
+                ax.step(t["seconds"], t["best_val"], where="post", color=COLORS.get(m), lw=1, alpha=0.8,
+                        label=lab)
                 ax.plot(t["seconds"], t["best_val"], ".", color=COLORS.get(m), ms=3)
     ax.set_xlabel("search seconds so far (compile time included)")
     ax.set_ylabel("best validation accuracy so far")
     ax.set_title(f"{target}: anytime search, {len(summary['traces'])} seeds (one line each)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    handles, names = ax.get_legend_handles_labels()
+    canon = list(labels.values())
+    bare = [n.split(" (supernet")[0] for n in names]
+    order = sorted(range(len(names)), key=lambda i: canon.index(bare[i]) if bare[i] in canon else 99)
+    ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=7, loc="lower right")
     return save_figure(fig, path)
 
 
@@ -183,11 +189,12 @@ def _paired_lines(summary: dict) -> list[str]:
 def _header_lines(args, results: dict, wall: dict, stamp: dict, load: str) -> list[str]:
     first = next(r for rs in results.values() for r in rs)
     cfg = first["config"]
-    sets = " ".join(f"--set {o}" for o in args.overrides)
+    sets = " ".join(f"--set {o}" for o in args.overrides if o not in FIXED)
     return ["## Search methods compared with their noise (issue 11)", "",
             f"Command: `python experiments/compare.py --targets {args.targets} --seeds {args.seeds} --baselines "
             f"{args.baselines} --config {args.config} --bases {args.bases} {sets}`"
-            f" (each target in its own process, then `--write-only`).", "",
+            f" (each target in its own process, then `--write-only`; the script adds "
+            f"`--set {' '.join(FIXED)}`).", "",
             f"Machine: {stamp['machine']['platform']}, {stamp['machine']['cpu_count']} CPUs shared with other "
             f"jobs ({load}), backend {stamp['machine'].get('jax_backend')}; jax {stamp['versions'].get('jax')}, "
             f"flax {stamp['versions'].get('flax')}; XLA_FLAGS `{stamp['machine']['xla_flags']}`. Wall time per "
