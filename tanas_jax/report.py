@@ -73,6 +73,7 @@ def write_report(out: str, result: dict) -> dict:
                                  result["closest"], result["metric"])}
     paths.update(_alpha_plots(out, result))
     lines = _header_lines(result) + _distance_lines(result, paths) + _architecture_lines(result, paths)
+    lines += _trace_lines(result)
     lines += ["## Reused from the bank", ""] + [f"- {r}" for r in result["reused"] or ["nothing"]]
     lines += ["", "## Computed in this run", ""] + [f"- {c}" for c in result["computed"] or ["nothing"]]
     atomic_write_bytes(os.path.join(out, "report.md"), ("\n".join(lines) + "\n").encode())
@@ -138,6 +139,20 @@ def _architecture_lines(result: dict, paths: dict) -> list[str]:
     if "alpha" in paths:
         lines += [f"![alpha]({os.path.basename(paths['alpha'])})", ""]
     return lines
+
+
+def _trace_lines(result: dict) -> list[str]:
+    """Each search's anytime trace, summarised: points, search seconds, best validation accuracy at the
+    end (what each kind measures: :data:`tanas_jax.compare.TRACE_NOTES`)."""
+    traces = result.get("traces")
+    if not traces:
+        return []
+    from tanas_jax.compare import TRACE_NOTES
+
+    rows = [{"search": name, "points": len(t["seconds"]), "search s": float(t["seconds"][-1]),
+             "best val so far": float(t["best_val"][-1]), "measured": t["measured"]} for name, t in traces.items()]
+    return ["## Anytime traces", "", "; ".join(TRACE_NOTES.values()) + "; compile time included.", ""] + \
+        markdown_table(rows, list(rows[0])) + [""]
 
 
 # --- figures ------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ def test_tanas_end_to_end_and_reuse(tmp_path, capsys):
     for row in res["table"]:
         assert f"{row['test_acc']:.4f}" in report
     assert os.path.exists(os.path.join(out, "distances.png"))
+    # default baselines, and every search carries its anytime trace; without data.max_test the final
+    # networks are tested on the search data's own test split
+    assert set(res["traces"]) == set(res["runs"]) == {"task-aware", "standard", "random"}
+    assert "## Anytime traces" in report and res["final_data"] == res["data"]
     methods = [row["method"] for row in res["table"]]
     assert any("task-aware" in m for m in methods) and any("random" in m for m in methods)
     assert any("epsilon-net" in m for m in methods)
