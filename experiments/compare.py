@@ -129,6 +129,8 @@ def target_summary(results: list[dict]) -> dict:
             "p_closest": {r["seed"]: r["confidence"]["p"] for r in results},
             "traces": {r["seed"]: r["traces"] for r in results},
             "data": results[0]["data"], "final_data": results[0]["final_data"],
+            "base_sources": sorted({f"{n['task']}: {n['source']}" for n in results[0]["networks"]
+                                    if n["role"] == "base"}),
             "wall_s": {r["seed"]: r["timings"]["total_s"] for r in results},
             "eps_net": [row for row in results[0]["table"] if row["method"].startswith("epsilon-net")]}
 
@@ -241,7 +243,8 @@ def write_doc(args, results: dict, out: str) -> None:
                   f"Data: {d['source']}; search splits train {d['sizes']['train']}, val {d['sizes']['val']}; "
                   f"final networks tested on **{fd['sizes']['test']} test images** (the whole test split). "
                   "Closest base per seed (P(closest)): "
-                  + ", ".join(f"{','.join(c)} ({s['p_closest'][k]:.2f})" for k, c in s["closest"].items()) + ".",
+                  + ", ".join(f"{','.join(c)} ({s['p_closest'][k]:.2f})" for k, c in s["closest"].items()) + ". "
+                  "Bases' ε-nets trained on: " + "; ".join(s["base_sources"]) + ".",
                   ""] + _paired_lines(s)
         eps = s["eps_net"]
         if eps:
