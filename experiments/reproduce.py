@@ -6,7 +6,9 @@ Runs, on one shared bank (networks and Fishers are reused between parts):
   §3a + §3c  experiments/distances.py  -> docs/results_distances.md (+ docs/img/*.png)
   §3b        experiments/search.py     -> docs/results_search.md
   issue 11   the metric study (docs/results_metrics.md) and the FUSE selector test (docs/results_selector.md):
-             their own commands, named in those files (they train their own ε-nets / run their own seeds)
+             their own commands, named in those files (they train their own ε-nets / run their own seeds);
+             the method comparison with paired intervals and anytime plots (docs/results_compare.md):
+             experiments/compare.py (its command and settings in that file; one process per target)
   issue 7    the DARTS/TETLO collapse table in docs/collapse.md (its own commands, see that file)
 then concatenates them into docs/results.md.  ``--assemble-only`` skips the runs (use after running the
 parts separately, e.g. one at a time on a shared machine).
@@ -24,6 +26,7 @@ PARTS = [
     ("docs/results_search.md", ["experiments/search.py"]),
     ("docs/results_metrics.md", None),    # experiments/metric_study.py (its own command, in that file)
     ("docs/results_selector.md", None),   # experiments/selector.py (its own command, in that file)
+    ("docs/results_compare.md", None),    # experiments/compare.py (its own command, in that file)
     ("docs/collapse.md", None),
 ]
 
@@ -49,7 +52,10 @@ def main(argv=None) -> int:
                 "the papers' log-det on the raw diagonal is `--metric logdet --spectrum diag`) follows from the "
                 "metric study below, and FUSE's probability mixture (the papers' logit mixture is "
                 "`--set fuse.mixture=logits`) from the selector test below. The distance and search tables "
-                "that follow them were measured with the papers' choices, before these defaults changed.", ""]
+                "that follow them were measured with the papers' choices, before these defaults changed; the "
+                "method comparison (issue 11: ≥ 5 seeds, whole Fashion-MNIST test splits, paired 95 % "
+                "intervals, anytime plots) was measured with the new defaults and says which differences are "
+                "significant.", ""]
     for doc, _ in PARTS:
         path = os.path.join(ROOT, doc)
         if not os.path.exists(path):

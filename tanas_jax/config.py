@@ -35,6 +35,7 @@ SPLITS = ("train", "val", "test")
 ESTIMATORS = ("empirical", "mc", "exact")
 FISHER_METHODS = ("auto", "fast", "vmap")
 METRICS = ("logdet", "frechet", "transform")
+TANAS_BASELINES = ("standard", "random", "darts1", "darts2", "tetlo")   # tanas.baselines
 SPECTRA = ("diag", "diag_sorted", "full")
 NORMALIZATIONS = ("network", "layer")
 REDUCTIONS = ("global", "per_layer")
@@ -117,11 +118,14 @@ class DataConfig:
     max_train: int | None = 6000      # cap per task (after balancing); None = all
     max_eval: int | None = 2000       # cap for val and test
     normalization: str | None = None  # None: per dataset (CIFAR 'half')
+    # cap for the test split of a search's final evaluation only (bin/tanas); None: max_eval.  A cap >= the split
+    # keeps it whole (10000: all Fashion-MNIST test images of a 10-way / grouped task) without growing val
+    max_test: int | None = None
 
     def __post_init__(self):
         _choice("data.source", self.source, DATA_SOURCES)
         _open_unit(self, "data", "val_fraction")
-        _at_least(self, "data", 1, "max_train", "max_eval")
+        _at_least(self, "data", 1, "max_train", "max_eval", "max_test")
         _at_least(self, "data", 0, "split_seed")
         if self.split_seed >= SEED_LIMIT:
             _fail("data.split_seed", f"must be < 2**32, got {self.split_seed}")
@@ -425,9 +429,17 @@ class TanasConfig:
     full_table_max: int = 10         # full K x K table up to this many tasks, else the target column
     min_confidence: float = 0.5      # warn when P(closest) of the chosen base(s) is below this
     material: float = 0.1            # top_k > 1: use only bases with P(closest) >= this (at least one)
+    # the baselines run next to task-aware FUSE (comma list of TANAS_BASELINES; darts1/darts2/tetlo in the
+    # standard space, all finished by the same final training)
+    baselines: str = "standard,random"
 
     def __post_init__(self):
         _choice("tanas.metric", self.metric, METRICS)
+        if not isinstance(self.baselines, str):
+            _fail("tanas.baselines", f"must be a comma list of {', '.join(TANAS_BASELINES)}, got {self.baselines!r}")
+        for b in self.baselines.split(","):
+            if b.strip():
+                _choice("tanas.baselines", b.strip(), TANAS_BASELINES)
         _at_least(self, "tanas", 1, "top_k")
         _at_least(self, "tanas", 0, "full_table_max")
         for f in ("min_confidence", "material"):

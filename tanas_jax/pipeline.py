@@ -16,8 +16,17 @@ chooses the target, the bases, the metric and k):
 4. FUSE in the task-aware space (union of the k closest bases' ops and cells),
    the winner trained from scratch and tested once, its genotype banked as the
    target's (the target becomes a base task);
-5. baselines with the same settings: FUSE in the standard space, random search
-   with the same budget, and the target's ε-approximation net.
+5. baselines with the same settings (``tanas.baselines``, default ``standard,random``):
+   FUSE in the standard space, random search with the same budget, and optionally
+   DARTS (``darts1``/``darts2``) and TETLO over the standard space's supernet (at
+   ``search.darts.input_shape``); and the target's ε-approximation net.
+
+Every search's winner is finished by the SAME final training (section ``final``,
+:func:`tanas_jax.search.runtime.train_final`) on the same data; its test split is
+capped by ``data.max_test`` (default: ``data.max_eval``), so the final networks can be
+tested on a whole test split (e.g. all 10,000 Fashion-MNIST test images) while the
+search's validation split keeps its ``data.max_eval`` cap.  Each run carries its
+anytime trace (:func:`tanas_jax.compare.anytime_trace`).
 
 Every expensive step is cached in the bank (networks, Fishers, genotypes, and
 each search result keyed by a fingerprint of its inputs), so a rerun reuses what
@@ -43,7 +52,11 @@ from tanas_jax.io import json_default
 logger = logging.getLogger(__name__)
 
 RUN_LABELS = {"task-aware": "FUSE, task-aware space ({space})", "standard": "FUSE, standard space",
-              "random": "random search, standard space (same budget)"}
+              "random": "random search, standard space (same budget)",
+              "darts1": "DARTS (1st order), standard space", "darts2": "DARTS (2nd order), standard space",
+              "tetlo": "TETLO, standard space"}
+SEARCH_OF_RUN = {"task-aware": "fuse", "standard": "fuse", "random": "random", "darts1": "darts1",
+                 "darts2": "darts2", "tetlo": "tetlo"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +94,7 @@ def run_pipeline(cfg, *, bank, out: str | None = None, seed: int = 0, baselines:
     (networks, distance table and ranking, base genotypes, search runs, summary table, banked genotype,
     reused/computed items, timings).  ``out`` holds search checkpoints; ``baselines=False`` runs only the
     task-aware search; ``log`` (default: the ``tanas_jax.pipeline`` logger) receives progress messages."""
+    from tanas_jax.compare import anytime_trace
     from tanas_jax.config import section
     from tanas_jax.search.spaces import resolve_space
 
@@ -97,13 +111,17 @@ def run_pipeline(cfg, *, bank, out: str | None = None, seed: int = 0, baselines:
     genos = _timed(led, "base_genotypes_s", _base_genotypes, run, led, dist["closest"], fcfg)
     data = search_data(run.cfg, run.target)
     run.log(data.summary())
+    fdata = final_data(run.cfg, data)
+    if fdata is not data:
+        run.log(f"final networks tested on {fdata.sizes['test']} test images (data.max_test)")
     space = resolve_space(f"from:closest:{len(dist['closest'])}", bank=bank, target=run.target,
                           closest_fn=lambda _t: dist["closest"], log=run.log)
-    runs = _timed(led, "searches_s", _searches, run, led, data, space, fcfg, baselines)
+    runs = _timed(led, "searches_s", _searches, run, led, (data, fdata), space, fcfg, baselines)
     geno = _bank_target_genotype(run, data, space, dist["closest"], runs["task-aware"])
     led.timings["total_s"] = time.perf_counter() - t_all
     return {"command": "tanas", "target": run.target, "bases": run.bases, "metric": run.metric,
             "top_k": run.k, "seed": seed, "config": run.cfg.to_dict(), "data": data.record(),
+            "final_data": fdata.record(), "traces": {name: anytime_trace(r) for name, r in runs.items()},
             "networks": nets, "distance": dist, "closest": dist["closest"], "confidence": dist["confidence"],
             "base_genotypes": genos,
             "space": space.to_dict(), "runs": runs, "table": summary_rows(runs, nets, space.name),
@@ -302,18 +320,52 @@ def search_data(cfg, task: str, input_shape: tuple | None = None):
     return tasks.task_data(task, input_shape or s.input_shape, cfg.data, max_train=s.max_train)
 
 
-def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, method: str) -> dict:
-    """One search (FUSE or random), cached in the bank (``Bank.cached``) by a digest of its inputs."""
+def final_data(cfg, data):
+    """``data`` with its test split capped by ``data.max_test`` instead of ``data.max_eval`` (the train
+    and validation splits unchanged): the data every search's winner is finally trained and tested on.
+    ``data`` itself when ``data.max_test`` is None or equals ``data.max_eval``.  The test split is a fixed
+    prefix of one permutation, so the capped split is the first part of the longer one."""
+    import dataclasses
+
+    from tanas_jax import tasks
+
+    d = section(cfg, "data")
+    if d.max_test is None or d.max_test == d.max_eval:
+        return data
+    longer = tasks.task_data(data.task, data.input_shape, dataclasses.replace(d, max_eval=d.max_test),
+                             max_train=1)
+    return dataclasses.replace(data, x_test=longer.x_test, y_test=longer.y_test,
+                               settings={**data.settings, "max_test": d.max_test})
+
+
+def _search_inputs(run: _Run, method: str, space, fcfg, data, fdata) -> dict:
+    """What a banked search result is keyed by (unchanged for FUSE/random when the final data is the
+    search data, so existing banks still hit)."""
+    from tanas_jax.config import to_dict
+
+    inputs = {"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg),
+              "final": to_dict(section(run.cfg, "final")), "seed": run.seed, "data": data.record()}
+    if method not in ("fuse", "random"):
+        inputs["darts"] = to_dict(section(run.cfg, "search.darts"))
+    if fdata is not data:
+        inputs["final_data"] = fdata.record()
+    return inputs
+
+
+def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, method: str,
+            fdata=None) -> dict:
+    """One search (a :data:`tanas_jax.search.methods.SEARCH_METHODS` name), its winner trained by the
+    ``final`` protocol on ``fdata`` (default ``data``), cached in the bank (``Bank.cached``) by a digest
+    of its inputs.  DARTS/TETLO search on ``task`` at ``search.darts.input_shape``."""
     import numpy as np
 
     from tanas_jax.bank import inputs_digest
-    from tanas_jax.config import section, to_dict
-    from tanas_jax.search.fuse import fuse_search
-    from tanas_jax.search.random_search import random_search
+    from tanas_jax.search.methods import SearchSettings, run_search
 
-    final = section(run.cfg, "final")
-    inputs = {"method": method, "space": space.to_dict(), "fuse": to_dict(fcfg), "final": to_dict(final),
-              "seed": run.seed, "data": data.record()}
+    fdata = data if fdata is None else fdata
+    if method not in ("fuse", "random"):
+        data = search_data(run.cfg, task, section(run.cfg, "search.darts").input_shape)
+    inputs = _search_inputs(run, method, space, fcfg, data, fdata)
     digest = inputs_digest(inputs, 16)
     ran: dict = {}
 
@@ -321,10 +373,8 @@ def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, m
         ck = os.path.join(run.out, "checkpoints", f"{task}-{method}-{digest[-8:]}") if run.out else None
         run.log(f"== {method} for {task}, space {label}: {len(space.ops)} ops ({', '.join(space.ops)}), "
                 f"{space.size()} cells")
-        if method == "random":
-            ran["result"] = random_search(data, space, fcfg, run.seed, final=final, log=run.log)
-        else:
-            ran["result"] = fuse_search(data, space, fcfg, run.seed, final=final, checkpoint_dir=ck, log=run.log)
+        ran["result"] = run_search(method, data, space, SearchSettings.from_config(run.cfg), run.seed,
+                                   checkpoint_dir=ck, log=run.log, final_data=fdata)
         return {"done": np.ones(1, np.int8)}, {"result": json.loads(json.dumps(ran["result"], default=json_default))}
 
     _, meta, hit = run.bank.cached(task, "searches", inputs, compute, key_prefix="search-", digest_chars=16)
@@ -335,15 +385,23 @@ def _search(run: _Run, led: _Ledger, task: str, data, label: str, space, fcfg, m
     return ran["result"]
 
 
-def _searches(run: _Run, led: _Ledger, data, space, fcfg, baselines: bool) -> dict:
-    """FUSE in the task-aware space, and (``baselines``) FUSE and random search in the standard space."""
+def baseline_names(cfg) -> list[str]:
+    """The baselines ``tanas.baselines`` asks for, in order, without duplicates."""
+    names = [b.strip() for b in str(section(cfg, "tanas").baselines).split(",") if b.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _searches(run: _Run, led: _Ledger, datas, space, fcfg, baselines: bool) -> dict:
+    """FUSE in the task-aware space, and (``baselines``) the ``tanas.baselines`` in the standard space;
+    ``datas`` = (search data, final data)."""
     from tanas_jax.search.spaces import standard_space
 
-    runs = {"task-aware": _search(run, led, run.target, data, space.name, space, fcfg, "fuse")}
+    data, fdata = datas
+    runs = {"task-aware": _search(run, led, run.target, data, space.name, space, fcfg, "fuse", fdata)}
     if baselines:
         std = standard_space()
-        runs["standard"] = _search(run, led, run.target, data, "standard", std, fcfg, "fuse")
-        runs["random"] = _search(run, led, run.target, data, "standard", std, fcfg, "random")
+        for name in baseline_names(run.cfg):
+            runs[name] = _search(run, led, run.target, data, "standard", std, fcfg, SEARCH_OF_RUN[name], fdata)
     return runs
 
 
@@ -368,7 +426,8 @@ def summary_rows(runs: dict, nets: list[dict], space_name: str) -> list[dict]:
         f = r["final"]
         rows.append({"method": RUN_LABELS[name].format(space=space_name), "test_acc": f["test_accuracy"],
                      "val_acc": f["val_accuracy"], "params": f["params"], "search_s": r["search_wall_s"],
-                     "evaluations": r["candidate_evaluations"], "architecture": r["winner_short"]})
+                     "evaluations": r.get("candidate_evaluations", ""),
+                     "architecture": r.get("winner_short") or r.get("genotype_short", "")})
     for n in nets:
         if n["role"] == "target":
             rows.append({"method": f"epsilon-net {n['net']} (seed {n['seed']})", "test_acc": n["test_accuracy"],
@@ -377,4 +436,5 @@ def summary_rows(runs: dict, nets: list[dict], space_name: str) -> list[dict]:
     return rows
 
 
-__all__ = ["choose_bases", "confidence_note", "run_pipeline", "search_data", "summary_rows"]
+__all__ = ["RUN_LABELS", "baseline_names", "choose_bases", "confidence_note", "final_data", "run_pipeline",
+           "search_data", "summary_rows"]

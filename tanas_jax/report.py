@@ -44,6 +44,26 @@ def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
 
 
+PAIRED_COLUMNS = ["method", "seeds", "test_acc_mean", "binomial_std", "seed_std", "diff_vs_ref", "ci95",
+                  "significant"]
+
+
+def paired_rows(table: list[dict], labels: dict | None = None) -> list[dict]:
+    """Rows of :func:`tanas_jax.compare.paired_table` as display cells (``PAIRED_COLUMNS``); ``labels``
+    renames methods."""
+    out = []
+    for r in table:
+        d = r.get("vs_reference")
+        row = {"method": (labels or {}).get(r["method"], r["method"]), "seeds": len(r["seeds"]),
+               "test_acc_mean": r["mean"], "binomial_std": r.get("binomial_std", ""), "seed_std": r["std"],
+               "diff_vs_ref": "(reference)", "ci95": "", "significant": ""}
+        if d:
+            row.update(diff_vs_ref=f"{d['mean']:+.4f}", ci95=f"[{d['low']:+.4f}, {d['high']:+.4f}]",
+                       significant="yes" if d["significant"] else "no")
+        out.append(row)
+    return out
+
+
 # --- report.md ----------------------------------------------------------------------------
 def write_report(out: str, result: dict) -> dict:
     """``out/report.md`` + PNGs for a pipeline result; returns ``{name: path}``."""
@@ -53,6 +73,7 @@ def write_report(out: str, result: dict) -> dict:
                                  result["closest"], result["metric"])}
     paths.update(_alpha_plots(out, result))
     lines = _header_lines(result) + _distance_lines(result, paths) + _architecture_lines(result, paths)
+    lines += _trace_lines(result)
     lines += ["## Reused from the bank", ""] + [f"- {r}" for r in result["reused"] or ["nothing"]]
     lines += ["", "## Computed in this run", ""] + [f"- {c}" for c in result["computed"] or ["nothing"]]
     atomic_write_bytes(os.path.join(out, "report.md"), ("\n".join(lines) + "\n").encode())
@@ -120,6 +141,20 @@ def _architecture_lines(result: dict, paths: dict) -> list[str]:
     return lines
 
 
+def _trace_lines(result: dict) -> list[str]:
+    """Each search's anytime trace, summarised: points, search seconds, best validation accuracy at the
+    end (what each kind measures: :data:`tanas_jax.compare.TRACE_NOTES`)."""
+    traces = result.get("traces")
+    if not traces:
+        return []
+    from tanas_jax.compare import TRACE_NOTES
+
+    rows = [{"search": name, "points": len(t["seconds"]), "search s": float(t["seconds"][-1]),
+             "best val so far": float(t["best_val"][-1]), "measured": t["measured"]} for name, t in traces.items()]
+    return ["## Anytime traces", "", "; ".join(TRACE_NOTES.values()) + "; compile time included.", ""] + \
+        markdown_table(rows, list(rows[0])) + [""]
+
+
 # --- figures ------------------------------------------------------------------------------
 def _matrix(rows):
     """Nested lists (None for a missing entry) as a float array with NaN."""
@@ -173,4 +208,4 @@ def _heatmap_panel(fig, ax, mat, tasks_all: list[str], target: str, closest: lis
     fig.colorbar(im, ax=ax, fraction=0.046)
 
 
-__all__ = ["COLUMNS", "format_table", "markdown_table", "write_report"]
+__all__ = ["COLUMNS", "PAIRED_COLUMNS", "format_table", "markdown_table", "paired_rows", "write_report"]

@@ -30,7 +30,7 @@ LAYERS = [
     {"tanas_jax.fisher"},
     {"tanas_jax.distance"},
     {"tanas_jax.search"},
-    {"tanas_jax.pipeline", "tanas_jax.report"},
+    {"tanas_jax.pipeline", "tanas_jax.report", "tanas_jax.compare"},
     {"tanas_jax.api"},
     {"tanas_jax.cli"},
 ]

@@ -45,6 +45,10 @@ def test_tanas_end_to_end_and_reuse(tmp_path, capsys):
     for row in res["table"]:
         assert f"{row['test_acc']:.4f}" in report
     assert os.path.exists(os.path.join(out, "distances.png"))
+    # default baselines, and every search carries its anytime trace; without data.max_test the final
+    # networks are tested on the search data's own test split
+    assert set(res["traces"]) == set(res["runs"]) == {"task-aware", "standard", "random"}
+    assert "## Anytime traces" in report and res["final_data"] == res["data"]
     methods = [row["method"] for row in res["table"]]
     assert any("task-aware" in m for m in methods) and any("random" in m for m in methods)
     assert any("epsilon-net" in m for m in methods)
@@ -100,3 +104,36 @@ def test_full_table_only_when_every_base_has_its_data(monkeypatch):
     monkeypatch.setattr(data, "available_sources", lambda name, d=None: [] if name == "mnist" else real(name, d))
     assert not pipeline._bases_have_data(run)
     assert len(logs) == 1 and "mnist_digit0" in logs[0] and "fashion_bag" not in logs[0]
+
+
+def test_pipeline_differentiable_baseline_is_banked_and_keyed_by_its_settings(tmp_path):
+    """A DARTS baseline in the pipeline: searched at search.darts.input_shape, its cell finished by the final
+    protocol at search.input_shape, banked (a second call reuses it) and keyed by the search.darts settings
+    (other settings search again)."""
+    from tanas_jax import pipeline
+    from tanas_jax.bank import Bank
+    from tanas_jax.compare import anytime_trace
+    from tanas_jax.config import load_config, section
+    from tanas_jax.search.spaces import resolve_space
+
+    over = ["data.source=bundled", "data.max_eval=100", "data.max_test=100000", "search.max_train=128",
+            "search.input_shape=(16,16,1)", "search.darts.steps=2", "search.darts.history_every=1",
+            "search.darts.batch_size=16", "search.darts.input_shape=(12,12,1)", "final.steps=4"]
+    cfg = load_config("quick", over)
+    run = pipeline._Run(cfg=cfg, bank=Bank(str(tmp_path / "bank")), out=None, seed=0, progress=False,
+                        log=lambda m: None, target="mnist_digit6", bases=["mnist_digit0"], metric="frechet", k=1,
+                        seeds=[0])
+    data = pipeline.search_data(cfg, "mnist_digit6")
+    fdata = pipeline.final_data(cfg, data)
+    space = resolve_space("ops:max_pool_3x3,skip_connect")
+    led = pipeline._Ledger()
+    res = pipeline._search(run, led, "mnist_digit6", data, "ops", space, section(cfg, "fuse"), "darts1", fdata)
+    assert res["method"] == "darts1" and [h["step"] for h in res["beta_history"]] == [0, 1, 2]
+    assert res["final"]["input_shape"] == [16, 16, 1] and res["final"]["steps"] == 4
+    assert led.computed == ["darts1 search for mnist_digit6 in space ops"]
+    again = pipeline._search(run, led, "mnist_digit6", data, "ops", space, section(cfg, "fuse"), "darts1", fdata)
+    assert led.reused == ["darts1 search for mnist_digit6 in space ops (bank)"]
+    assert again["final"] == res["final"] and anytime_trace(again)["seconds"] == [res["search_wall_s"]]
+    run2 = pipeline._Run(**{**run.__dict__, "cfg": load_config("quick", over + ["search.darts.steps=1"])})
+    other = pipeline._search(run2, led, "mnist_digit6", data, "ops", space, section(cfg, "fuse"), "darts1", fdata)
+    assert len(led.computed) == 2 and [h["step"] for h in other["beta_history"]] == [0, 1]
