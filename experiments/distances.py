@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     from tanas_jax.distance.table import fisher_distance_table, plot_heatmap
     from tanas_jax.io import atomic_write_json
     from tanas_jax.tasks import resolve_tasks
-    from tanas_jax.train import network_key
+    from tanas_jax.train import bank_key
 
     t_start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
             comparisons[metric] = compare_rankings(results[a], results[b])
     wall = time.perf_counter() - t_start
     cfg = load_config(args.config, args.overrides)
-    acc_md, acc = network_table(bank, tasks, network_key(cfg.train.net, cfg.train.get("init_seed")), seeds)
+    acc_md, acc = network_table(bank, tasks, bank_key(cfg.train), seeds)
     stamp = provenance.stamp()
     payload = {"tables": results, "summaries": summaries, "comparisons": comparisons, "accuracy": acc,
                "wall_s": wall, "provenance": stamp, "seeds": seeds, "tasks": tasks}

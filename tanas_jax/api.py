@@ -180,10 +180,10 @@ def ensure_net(bank, task, seed: int = 0, *, config="quick", overrides=None, ret
                progress: bool = False, log=None) -> Net:
     """The banked ε-net of ``task`` for ``seed`` (``config``'s ``train.net``), trained and banked when the
     bank lacks it (or ``retrain``)."""
-    from tanas_jax.train import ensure_network, network_key
+    from tanas_jax.train import bank_key, ensure_network
 
     cfg, bank, name = make_config(config, overrides), _bank(bank), _name(task)
-    had = bank.has_network(name, network_key(cfg.train.net, cfg.train.get("init_seed")), int(seed)) and not retrain
+    had = bank.has_network(name, bank_key(cfg.train), int(seed)) and not retrain
     variables, meta = ensure_network(bank, name, int(seed), cfg, progress=progress, log=_log(log), retrain=retrain)
     return Net(name, cfg.train.net, int(seed), not had, _plain(meta["metrics"]), _plain(meta), variables)
 

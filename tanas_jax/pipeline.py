@@ -157,11 +157,11 @@ def _timed(led: _Ledger, key: str, fn, *args):
 # 1 ---------------------------------------------------------------------------------------
 def _networks(run: _Run, led: _Ledger) -> list[dict]:
     """The ε-approximation networks of every base and the target, trained when the bank lacks them."""
-    from tanas_jax.train import ensure_network, network_key
+    from tanas_jax.train import bank_key, ensure_network
 
     rows = []
     net = run.cfg.train.net
-    key = network_key(net, run.cfg.train.get("init_seed"))     # the bank's name for it
+    key = bank_key(run.cfg.train)     # the bank's name for it
     for task in run.bases + [run.target]:
         for seed in run.seeds:
             had = run.bank.has_network(task, key, seed)

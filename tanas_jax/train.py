@@ -196,6 +196,12 @@ def network_key(net: str, init_seed: int | None) -> str:
     return net if int(init_seed) == DEFAULT_INIT_SEED else f"{net}-init{int(init_seed)}"
 
 
+def bank_key(train_cfg) -> str:
+    """The bank's name for the networks of config section ``train``: :func:`network_key` of its ``net``
+    and ``init_seed``."""
+    return network_key(train_cfg.net, train_cfg.get("init_seed"))
+
+
 def check_init(task: str, seed: int, meta: dict, init_seed: int | None) -> None:
     """A banked network must start from the initialisation the config prescribes for its seed
     (``effective_init``; a JSON without ``init_seed`` is a per-seed net).  A diagonal Fisher lives in
@@ -263,7 +269,7 @@ def ensure_network(bank, task: str, seed: int, cfg, progress: bool = True, log=p
     from tanas_jax.tasks import canonical
 
     task = canonical(task)
-    net = network_key(cfg.train.net, cfg.train.get("init_seed"))   # a shared init is part of the identity
+    net = bank_key(cfg.train)   # a shared init is part of the identity
     check_epochs(cfg.train)
     if not retrain and (found := bank.find_network(task, net, seed)) is not None:
         check_init(task, seed, found[1], cfg.train.get("init_seed"))

@@ -94,9 +94,9 @@ def train_config(cfg, args):
 def train_networks(cfg, bank, task_list: list[str], seeds: list[int], *, retrain: bool = False,
                    progress: bool = True) -> list[dict]:
     """Ensure a banked network per (task, seed) (trained when missing or ``retrain``); one row each."""
-    from tanas_jax.train import ensure_network, network_key
+    from tanas_jax.train import bank_key, ensure_network
 
-    rows, net_key = [], network_key(cfg.train.net, cfg.train.get("init_seed"))   # the bank's name for it
+    rows, net_key = [], bank_key(cfg.train)   # the bank's name for it
     for task in task_list:
         for seed in seeds:
             reused = bank.has_network(task, net_key, seed) and not retrain
