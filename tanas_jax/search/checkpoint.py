@@ -63,8 +63,21 @@ def save(directory: str, fp: str, meta: dict, state=None, name: str = "fuse_chec
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     p = path(directory, name)
+    _remove_stale_temps(os.path.dirname(p))
     atomic_write_bytes(p, buf.getvalue())
     return p
+
+
+def _remove_stale_temps(folder: str) -> None:
+    """A search's checkpoint folder has one writer, the search: a temp file there is a write that a
+    killed earlier run never finished (``atomic_write_bytes`` cleans up only when it can run)."""
+    if os.path.isdir(folder):
+        for f in os.listdir(folder):
+            if f.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(folder, f))
+                except FileNotFoundError:
+                    pass
 
 
 def load(directory: str, fp: str | None, name: str = "fuse_checkpoint", like=None):
